@@ -1,0 +1,186 @@
+"""The speculative decode loop: prompt -> prefill -> draft tree -> verify -> accept -> commit -> next round."""
+
+import time
+
+import torch
+from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+from .cache import commit_target_cache
+from .candidates_eagle3 import Eagle3CandidateGenerator, Eagle3TreeConfig
+from .candidates_specblock import SpecBlockCandidateGenerator, SpecBlockTreeConfig
+from .drafter_base import DrafterPreTrainedModel
+from .drafting import CandidateTreeGenerator
+from .modeling_eagle3 import Eagle3Drafter
+from .modeling_specblock import SpecBlockDrafter
+from .stats import GenerationStats
+from .target import FeatureTap, check_target, tree_attention_mask
+from .tree import DraftTree
+from .verification import accept
+
+TreeConfig = SpecBlockTreeConfig | Eagle3TreeConfig
+
+
+def default_tree_config(drafter: DrafterPreTrainedModel, device: torch.device) -> TreeConfig:
+    """
+    Tree shape when the caller sets none: the released GPU defaults on CUDA, and a small tree on CPU, where every
+    verified node costs real time (a CPU verify forward grows with the node count; a GPU's is flat up to ~100 nodes).
+    """
+    on_gpu = device.type == "cuda"
+    if isinstance(drafter, SpecBlockDrafter):
+        return SpecBlockTreeConfig() if on_gpu else SpecBlockTreeConfig(blocks=2, beam=4, budget=16)
+    return Eagle3TreeConfig() if on_gpu else Eagle3TreeConfig(top_k=4, depth=5, total_tokens=16)
+
+
+def candidate_generator_for(drafter: DrafterPreTrainedModel, tree_config: TreeConfig) -> CandidateTreeGenerator:
+    """The tree drafter that matches `drafter`'s architecture."""
+    if isinstance(drafter, SpecBlockDrafter):
+        if not isinstance(tree_config, SpecBlockTreeConfig):
+            raise TypeError(f"A SpecBlock drafter takes a SpecBlockTreeConfig, got {type(tree_config).__name__}.")
+        return SpecBlockCandidateGenerator(drafter, tree_config)
+    if isinstance(drafter, Eagle3Drafter):
+        if not isinstance(tree_config, Eagle3TreeConfig):
+            raise TypeError(f"An EAGLE-3 drafter takes an Eagle3TreeConfig, got {type(tree_config).__name__}.")
+        return Eagle3CandidateGenerator(drafter, tree_config)
+    raise TypeError(f"Expected a SpecBlockDrafter or Eagle3Drafter, got {type(drafter).__name__}.")
+
+
+def prepare_drafter(model: PreTrainedModel, drafter: DrafterPreTrainedModel) -> None:
+    """Bind `drafter` to `model` (validating their shapes) unless it already reads this model's embedding."""
+    if not isinstance(drafter, DrafterPreTrainedModel):
+        raise TypeError(
+            f"The drafter must be a SpecBlockDrafter or Eagle3Drafter (load it with `from_pretrained`), got "
+            f"{type(drafter).__name__}."
+        )
+    if drafter.embed_tokens is not model.get_input_embeddings():
+        drafter.bind_target(model)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def speculative_decode(
+    model: PreTrainedModel,
+    input_ids: torch.LongTensor,
+    drafter: DrafterPreTrainedModel,
+    logits_processor: LogitsProcessorList,
+    stopping_criteria: StoppingCriteriaList,
+    generation_config: GenerationConfig,
+    streamer: BaseStreamer | None = None,
+    tree_config: TreeConfig | None = None,
+    generator: torch.Generator | None = None,
+    **model_kwargs,
+) -> GenerateDecoderOnlyOutput | torch.LongTensor:
+    """
+    Decode with tree speculation: each round the drafter proposes a tree, the target scores all of it in one forward
+    under a 4D tree mask, and the longest path the target agrees with is kept (plus the target's own next token).
+
+    Greedy output equals plain `generate()` token for token (up to numerical near-ties of a multi-token forward in
+    low precision); sampled output has exactly the target's distribution after the user's logits processors.
+
+    Args:
+        input_ids (`torch.LongTensor` of shape `(1, prompt_len)`): the prompt, possibly left-padded.
+        model_kwargs: what `generate()` prepared: `attention_mask`, `position_ids`, `past_key_values`.
+    """
+    device = input_ids.device
+    check_target(model, input_ids.shape[0])
+    if generation_config.num_beams != 1:
+        raise ValueError(f"Speculative decoding does not do beam search; got num_beams={generation_config.num_beams}.")
+    prepare_drafter(model, drafter)
+    tree_config = tree_config or getattr(drafter, "tree_config", None) or default_tree_config(drafter, device)
+    candidates = candidate_generator_for(drafter, tree_config)
+    cache = model_kwargs.get("past_key_values")
+    if cache is None:
+        cache = DynamicCache(config=model.config)
+    if not isinstance(cache, DynamicCache) or cache.get_seq_length() > 0:
+        raise ValueError("Speculative decoding needs a fresh DynamicCache; static caches and pre-filled caches are not supported.")
+    attention_mask = model_kwargs.get("attention_mask")
+    prefix_mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask[0].bool()
+    position_ids = model_kwargs.get("position_ids")
+    if position_ids is None:
+        position_ids = (prefix_mask.long().cumsum(0) - 1).clamp(min=0)[None] if prefix_mask is not None else None
+        position_ids = position_ids if position_ids is not None else torch.arange(input_ids.shape[1], device=device)[None]
+
+    stats = GenerationStats()
+    start = time.perf_counter()
+    tap = FeatureTap(model, drafter.target_layer_ids)
+    with tap.attached():
+        logits = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache,
+            use_cache=True, logits_to_keep=1,
+        ).logits[0]  # fmt: skip
+        prompt_features = tap.features()
+        root_only = DraftTree(
+            tokens=input_ids[0, -1:], parents=torch.full((1,), -1, device=device),
+            depths=torch.zeros(1, dtype=torch.long, device=device), ancestor_mask=torch.ones(1, 1, dtype=torch.bool, device=device),
+        )  # fmt: skip
+        result = accept(root_only, logits, input_ids, logits_processor, stopping_criteria, generation_config.do_sample, generator)
+        input_ids, finished = result.input_ids, result.finished
+        scores, raw_logits = list(result.scores), list(result.raw_logits)
+        _stream(streamer, result.emitted)
+        cache.activate_past_recording()
+        real = slice(None) if prefix_mask is None else prefix_mask
+        root_position = position_ids[0, -1] + 1
+        _synchronize(device)
+        stats.prefill_time = time.perf_counter() - start
+        if not finished:
+            tick = time.perf_counter()
+            # prefill entries pair each prompt position with the token after it, the last with the first new token
+            candidates.append(prompt_features[real], input_ids[0, 1:][real], position_ids[0][real])
+            _synchronize(device)
+            stats.draft_time += time.perf_counter() - tick
+
+        while not finished:
+            tick = time.perf_counter()
+            tree = candidates.propose()
+            _synchronize(device)
+            verify_start = time.perf_counter()
+            stats.draft_time += verify_start - tick
+            mask = tree_attention_mask(model, cache, tree.ancestor_mask, tree.depths, prefix_mask)
+            tree_logits = model(
+                input_ids=tree.tokens[None], attention_mask=mask, position_ids=(root_position + tree.depths)[None],
+                past_key_values=cache, use_cache=True,
+            ).logits[0]  # fmt: skip
+            _synchronize(device)
+            stats.verify_time += time.perf_counter() - verify_start
+            result = accept(tree, tree_logits, input_ids, logits_processor, stopping_criteria, generation_config.do_sample, generator)
+            input_ids, finished = result.input_ids, result.finished
+            scores += result.scores
+            raw_logits += result.raw_logits
+            stats.accepted.append(result.emitted.shape[0] - 1)
+            _stream(streamer, result.emitted)
+            commit_target_cache(cache, result.path, tree.num_nodes)
+            if prefix_mask is not None:
+                prefix_mask = torch.cat([prefix_mask, prefix_mask.new_ones(result.path.shape[0])])
+            if finished:
+                break
+            tick = time.perf_counter()
+            positions = root_position + torch.arange(result.path.shape[0], device=device)
+            candidates.append(tap.features()[result.path], result.emitted, positions)
+            _synchronize(device)
+            stats.draft_time += time.perf_counter() - tick
+            root_position = positions[-1] + 1
+
+    if streamer is not None:
+        streamer.end()
+    stats.new_tokens = len(scores)
+    stats.total_time = time.perf_counter() - start
+    drafter.generation_stats = stats
+    if not generation_config.return_dict_in_generate:
+        return input_ids
+    return GenerateDecoderOnlyOutput(
+        sequences=input_ids,
+        scores=tuple(scores) if generation_config.output_scores else None,
+        logits=tuple(raw_logits) if generation_config.output_logits else None,
+        past_key_values=cache if generation_config.use_cache else None,
+    )
+
+
+def _stream(streamer: BaseStreamer | None, tokens: torch.LongTensor) -> None:
+    if streamer is not None:
+        for token in tokens:
+            streamer.put(token[None].cpu())

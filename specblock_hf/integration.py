@@ -1,0 +1,104 @@
+"""The doors into `model.generate()`: `enable(model)` + `assistant_model=`, and `custom_generate=specblock_hf.generate`."""
+
+import torch
+from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from .drafter_base import DrafterPreTrainedModel
+from .generation import TreeConfig, prepare_drafter, speculative_decode
+
+
+class SpecBlockGenerationMixin:
+    """
+    Added to a target's class by `enable(model)`: `generate(..., assistant_model=drafter)` decodes with tree
+    speculation when `drafter` is a SpecBlock or EAGLE-3 drafter, and exactly as before for any other assistant.
+    Set `drafter.tree_config` to fix the tree shape.
+    """
+
+    def generate(self, *args, assistant_model=None, **kwargs):
+        if isinstance(assistant_model, DrafterPreTrainedModel):
+            prepare_drafter(self, assistant_model)  # clear shape errors before generate()'s own assistant checks
+        return super().generate(*args, assistant_model=assistant_model, **kwargs)
+
+    def _assisted_decoding(
+        self,
+        input_ids,
+        logits_processor,
+        stopping_criteria,
+        generation_config,
+        synced_gpus=False,
+        streamer=None,
+        inputs_tensor=None,
+        assistant_model=None,
+        assistant_tokenizer=None,
+        tokenizer=None,
+        **model_kwargs,
+    ):
+        if not isinstance(assistant_model, DrafterPreTrainedModel):
+            return super()._assisted_decoding(
+                input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=synced_gpus,
+                streamer=streamer, inputs_tensor=inputs_tensor, assistant_model=assistant_model,
+                assistant_tokenizer=assistant_tokenizer, tokenizer=tokenizer, **model_kwargs,
+            )  # fmt: skip
+        if synced_gpus:
+            raise ValueError("Speculative tree decoding does not support synced_gpus (DeepSpeed ZeRO-3 / FSDP) yet.")
+        return speculative_decode(
+            self, input_ids, assistant_model, logits_processor, stopping_criteria, generation_config,
+            streamer=streamer, **model_kwargs,
+        )  # fmt: skip
+
+
+_ENABLED_CLASSES: dict[type, type] = {}
+
+
+def enable(model: PreTrainedModel) -> PreTrainedModel:
+    """
+    Make `model.generate(..., assistant_model=drafter)` use SpecBlock / EAGLE-3 tree speculation for our drafters.
+    Only this instance changes (its class gains `SpecBlockGenerationMixin`); other assistants behave as before.
+    Returns the same model.
+    """
+    cls = type(model)
+    if not issubclass(cls, SpecBlockGenerationMixin):
+        if cls not in _ENABLED_CLASSES:
+            _ENABLED_CLASSES[cls] = type(cls.__name__, (SpecBlockGenerationMixin, cls), {"__module__": cls.__module__})
+        model.__class__ = _ENABLED_CLASSES[cls]
+    return model
+
+
+def disable(model: PreTrainedModel) -> PreTrainedModel:
+    """Undo `enable(model)`."""
+    cls = type(model)
+    if issubclass(cls, SpecBlockGenerationMixin):
+        model.__class__ = next(base for base in cls.__bases__ if base is not SpecBlockGenerationMixin)
+    return model
+
+
+def generate(
+    model: PreTrainedModel,
+    input_ids: torch.LongTensor,
+    logits_processor: LogitsProcessorList,
+    stopping_criteria: StoppingCriteriaList,
+    generation_config: GenerationConfig,
+    synced_gpus: bool = False,
+    drafter: DrafterPreTrainedModel | None = None,
+    tree_config: TreeConfig | None = None,
+    text_streamer: BaseStreamer | None = None,
+    generator: torch.Generator | None = None,
+    **model_kwargs,
+) -> torch.LongTensor:
+    """
+    `model.generate(**inputs, custom_generate=specblock_hf.generate, drafter=drafter, ...)`.
+
+    `generate()` drops `assistant_model` and `streamer` before calling a custom decoding function, so this door takes
+    `drafter=` and `text_streamer=` instead; `tree_config=` fixes the tree shape and `generator=` seeds sampling.
+    """
+    if drafter is None:
+        raise ValueError("Pass the drafter: model.generate(..., custom_generate=specblock_hf.generate, drafter=drafter).")
+    if synced_gpus:
+        raise ValueError("Speculative tree decoding does not support synced_gpus (DeepSpeed ZeRO-3 / FSDP) yet.")
+    if text_streamer is not None:
+        text_streamer.put(input_ids.cpu())
+    return speculative_decode(
+        model, input_ids, drafter, logits_processor, stopping_criteria, generation_config, streamer=text_streamer,
+        tree_config=tree_config, generator=generator, **model_kwargs,
+    )  # fmt: skip

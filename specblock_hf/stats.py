@@ -1,0 +1,53 @@
+"""What a speculative call did: rounds, acceptance lengths and where the time went."""
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GenerationStats:
+    """
+    Statistics of one speculative `generate()` call, readable afterwards as `drafter.generation_stats`.
+
+    Args:
+        accepted: accepted draft tokens per round (the round also emits one target token).
+        draft_time: seconds in drafter forwards and tree growth (committing entries + proposing trees).
+        verify_time: seconds in target forwards over trees (the prefill is counted in `prefill_time`).
+        total_time: seconds of the whole call, prefill included.
+    """
+
+    accepted: list[int] = field(default_factory=list)
+    new_tokens: int = 0
+    prefill_time: float = 0.0
+    draft_time: float = 0.0
+    verify_time: float = 0.0
+    total_time: float = 0.0
+
+    @property
+    def rounds(self) -> int:
+        return len(self.accepted)
+
+    @property
+    def mean_acceptance_length(self) -> float:
+        """τ: mean over rounds of (accepted draft tokens + 1)."""
+        return sum(self.accepted) / len(self.accepted) + 1 if self.accepted else 0.0
+
+    @property
+    def acceptance_histogram(self) -> dict[int, int]:
+        """Rounds per number of accepted draft tokens."""
+        return dict(sorted(Counter(self.accepted).items()))
+
+    @property
+    def other_time(self) -> float:
+        """Decode-loop time outside drafter and target forwards: masks, acceptance, cache commits, Python."""
+        return self.total_time - self.prefill_time - self.draft_time - self.verify_time
+
+    def summary(self) -> str:
+        loop = max(self.total_time - self.prefill_time, 1e-9)
+        return (
+            f"{self.new_tokens} tokens in {self.rounds} rounds, tau={self.mean_acceptance_length:.2f}, "
+            f"{self.new_tokens / max(self.total_time, 1e-9):.1f} tok/s; per round: draft "
+            f"{1e3 * self.draft_time / max(self.rounds, 1):.1f} ms ({100 * self.draft_time / loop:.0f}%), verify "
+            f"{1e3 * self.verify_time / max(self.rounds, 1):.1f} ms ({100 * self.verify_time / loop:.0f}%), other "
+            f"{1e3 * self.other_time / max(self.rounds, 1):.1f} ms ({100 * self.other_time / loop:.0f}%)"
+        )
