@@ -25,7 +25,7 @@ FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma3")
 def _common(**overrides):
     kwargs = dict(
         vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.15,
     )  # fmt: skip
     kwargs.update(overrides)
     return kwargs
