@@ -40,12 +40,20 @@ class DrafterCache:
 
     def past(self, extra: list[KeyValue] | None = None) -> list[KeyValue] | None:
         """The committed keys and values per layer, followed by `extra` uncommitted ones when given."""
-        if self.length == 0 and extra is None:
-            return None
-        past = [(k[:, :, : self.length], v[:, :, : self.length]) for k, v in zip(self.keys, self.values)]
-        if extra is None:
-            return past
-        return [(torch.cat([k, ek], dim=2), torch.cat([v, ev], dim=2)) for (k, v), (ek, ev) in zip(past, extra)]
+        if self.length == 0:
+            return extra
+        past = [(k[:, :, : self.length], v[:, :, : self.length]) for k, v in zip(self.keys, self.values, strict=True)]
+        return extend_key_values(past, extra)
+
+
+def extend_key_values(past: list[KeyValue] | None, new: list[KeyValue] | None) -> list[KeyValue] | None:
+    """Per layer, `past` keys and values followed by `new` ones (either may be None)."""
+    if past is None or new is None:
+        return new if past is None else past
+    return [
+        (torch.cat([k, new_k], dim=2), torch.cat([v, new_v], dim=2))
+        for (k, v), (new_k, new_v) in zip(past, new, strict=True)
+    ]
 
 
 def commit_target_cache(cache: Cache, kept_nodes: torch.LongTensor, num_tree_nodes: int) -> None:

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .cache import DrafterCache
+from .cache import DrafterCache, extend_key_values
 from .drafting import block_causal_mask, row_local_mask
 from .modeling_specblock import SpecBlockDrafter
 from .tree import DraftTree, build_tree
@@ -127,7 +127,7 @@ class SpecBlockCandidateGenerator:
         committed = torch.arange(self.cache.length, device=self.device)
         visible = committed[None, :] <= (self.cache.length - K + leaves.slots)[:, None]  # (num_leaves, S)
         hidden, extra = self.root_hidden, None
-        for block in range(1, config.blocks):
+        for _ in range(1, config.blocks):
             beam = min(config.beam, max(1, (config.budget - num_nodes + 1) // K))
             if leaves.nodes.numel() == 0:
                 break
@@ -140,9 +140,7 @@ class SpecBlockCandidateGenerator:
             )  # fmt: skip
             all_nodes.append(new_nodes)
             num_nodes += new_nodes.tokens.shape[0]
-            extra = out.key_values if extra is None else [
-                (torch.cat([k, nk], dim=2), torch.cat([v, nv], dim=2)) for (k, v), (nk, nv) in zip(extra, out.key_values)
-            ]  # fmt: skip
+            extra = extend_key_values(extra, out.key_values)
             # a new leaf sees what its producing slot saw: that slot's mask row
             visible = mask.view(leaves.nodes.shape[0], K, -1)[new_leaves.rows, new_leaves.slots]
             hidden, leaves = out.hidden_states[0], new_leaves

@@ -1,6 +1,7 @@
 """What every drafter shares: strict loading of published checkpoints, the borrowed target embedding, vocab maps."""
 
 import os
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -13,7 +14,9 @@ EMBEDDING_KEY = "embed_tokens.weight"
 def default_target_layer_ids(num_target_layers: int) -> list[int]:
     """Target decoder layers `[1, L//2 - 1, L - 4]` whose outputs (low | mid | high) are the drafter's features."""
     if num_target_layers < 4:
-        raise ValueError(f"The target needs at least 4 decoder layers for the feature taps, it has {num_target_layers}.")
+        raise ValueError(
+            f"The target needs at least 4 decoder layers for the feature taps, it has {num_target_layers}."
+        )
     return [1, num_target_layers // 2 - 1, num_target_layers - 4]
 
 
@@ -27,7 +30,7 @@ class DrafterPreTrainedModel(PreTrainedModel):
     base_model_prefix = "drafter"
     _supports_sdpa = True
     # Checkpoints that do carry a copy of the target embedding load too: the copy is dropped, the target's is used.
-    _keys_to_ignore_on_load_unexpected = [r"^embed_tokens\.weight$"]
+    _keys_to_ignore_on_load_unexpected: ClassVar[list[str]] = [r"^embed_tokens\.weight$"]
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -102,15 +105,21 @@ class DrafterPreTrainedModel(PreTrainedModel):
         return state
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, target: PreTrainedModel | None = None, **kwargs):
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, *model_args, target: PreTrainedModel | None = None, **kwargs
+    ):
         """
         Load a drafter from a local folder or a Hub id, strictly: every checkpoint key must match the architecture
         (the input embedding, borrowed from `target`, is the one key a checkpoint never has). An optional
         `vocab_mapping.pt` (`{"d2t", "t2d"}`, loaded with `weights_only=True`) overrides the stored vocab maps.
         """
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
-        problems = {name: sorted(info.get(name) or []) for name in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        problems = {
+            name: sorted(info.get(name) or []) for name in ("missing_keys", "unexpected_keys", "mismatched_keys")
+        }
         problems = {name: keys for name, keys in problems.items() if keys}
         if problems:
             details = "; ".join(f"{name}: {keys}" for name, keys in problems.items())

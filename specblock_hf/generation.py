@@ -97,13 +97,17 @@ def speculative_decode(
     if cache is None:
         cache = DynamicCache(config=model.config)
     if not isinstance(cache, DynamicCache) or cache.get_seq_length() > 0:
-        raise ValueError("Speculative decoding needs a fresh DynamicCache; static caches and pre-filled caches are not supported.")
+        raise ValueError(
+            "Speculative decoding needs a fresh DynamicCache; static caches and pre-filled caches are not supported."
+        )
     attention_mask = model_kwargs.get("attention_mask")
     prefix_mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask[0].bool()
     position_ids = model_kwargs.get("position_ids")
     if position_ids is None:
         position_ids = (prefix_mask.long().cumsum(0) - 1).clamp(min=0)[None] if prefix_mask is not None else None
-        position_ids = position_ids if position_ids is not None else torch.arange(input_ids.shape[1], device=device)[None]
+        position_ids = (
+            position_ids if position_ids is not None else torch.arange(input_ids.shape[1], device=device)[None]
+        )
 
     stats = GenerationStats()
     start = time.perf_counter()
@@ -118,7 +122,9 @@ def speculative_decode(
             tokens=input_ids[0, -1:], parents=torch.full((1,), -1, device=device),
             depths=torch.zeros(1, dtype=torch.long, device=device), ancestor_mask=torch.ones(1, 1, dtype=torch.bool, device=device),
         )  # fmt: skip
-        result = accept(root_only, logits, input_ids, logits_processor, stopping_criteria, generation_config.do_sample, generator)
+        result = accept(
+            root_only, logits, input_ids, logits_processor, stopping_criteria, generation_config.do_sample, generator
+        )
         input_ids, finished = result.input_ids, result.finished
         scores, raw_logits = list(result.scores), list(result.raw_logits)
         _stream(streamer, result.emitted)
@@ -147,7 +153,15 @@ def speculative_decode(
             ).logits[0]  # fmt: skip
             _synchronize(device)
             stats.verify_time += time.perf_counter() - verify_start
-            result = accept(tree, tree_logits, input_ids, logits_processor, stopping_criteria, generation_config.do_sample, generator)
+            result = accept(
+                tree,
+                tree_logits,
+                input_ids,
+                logits_processor,
+                stopping_criteria,
+                generation_config.do_sample,
+                generator,
+            )
             input_ids, finished = result.input_ids, result.finished
             scores += result.scores
             raw_logits += result.raw_logits

@@ -93,7 +93,9 @@ def generate(
     `drafter=` and `text_streamer=` instead; `tree_config=` fixes the tree shape and `generator=` seeds sampling.
     """
     if drafter is None:
-        raise ValueError("Pass the drafter: model.generate(..., custom_generate=specblock_hf.generate, drafter=drafter).")
+        raise ValueError(
+            "Pass the drafter: model.generate(..., custom_generate=specblock_hf.generate, drafter=drafter)."
+        )
     if synced_gpus:
         raise ValueError("Speculative tree decoding does not support synced_gpus (DeepSpeed ZeRO-3 / FSDP) yet.")
     if text_streamer is not None:

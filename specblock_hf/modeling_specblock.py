@@ -1,6 +1,7 @@
 """The SpecBlock drafter: one forward drafts a block of K dependent positions (SPEC §3)."""
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -121,7 +122,7 @@ class SpecBlockDrafter(DrafterPreTrainedModel):
 
     config_class = SpecBlockConfig
     config: SpecBlockConfig
-    _no_split_modules = ["SpecBlockDecoderLayer"]
+    _no_split_modules: ClassVar[list[str]] = ["SpecBlockDecoderLayer"]
 
     def __init__(self, config: SpecBlockConfig):
         super().__init__(config)
@@ -135,7 +136,9 @@ class SpecBlockDrafter(DrafterPreTrainedModel):
         self.norm = LlamaRMSNorm(hidden, eps=config.rms_norm_eps)
         self.lm_head = nn.Linear(hidden, config.draft_vocab_size, bias=False)
         self.rank_head = nn.Sequential(
-            nn.Linear(hidden + NUM_RANK_FEATURES, 256, bias=False), nn.SiLU(), nn.Linear(256, config.rank_classes, bias=False)
+            nn.Linear(hidden + NUM_RANK_FEATURES, 256, bias=False),
+            nn.SiLU(),
+            nn.Linear(256, config.rank_classes, bias=False),
         )
         self.rotary_emb = LlamaRotaryEmbedding(config=config)
         self.register_buffer("d2t", torch.zeros(config.draft_vocab_size, dtype=torch.long))

@@ -38,7 +38,9 @@ class DraftTree:
         is_parent = torch.zeros_like(self.tokens, dtype=torch.bool)
         is_parent[self.parents[1:]] = True
         leaves = (~is_parent).nonzero().squeeze(1)
-        paths = torch.full((leaves.numel(), int(self.depths.max()) + 1), -1, dtype=torch.long, device=self.tokens.device)
+        paths = torch.full(
+            (leaves.numel(), int(self.depths.max()) + 1), -1, dtype=torch.long, device=self.tokens.device
+        )
         rows, nodes = self.ancestor_mask[leaves].nonzero(as_tuple=True)
         paths[rows, self.depths[nodes]] = nodes
         return paths
