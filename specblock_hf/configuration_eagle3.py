@@ -1,7 +1,9 @@
 """Configuration of the EAGLE-3 baseline drafter: a Llama config plus the keys of the published checkpoints."""
 
 from huggingface_hub.dataclasses import strict
-from transformers import LlamaConfig
+from transformers import LlamaConfig, PretrainedConfig
+
+from .drafter_base import target_shape_kwargs
 
 
 @strict
@@ -31,7 +33,16 @@ class Eagle3Config(LlamaConfig):
     def __post_init__(self, **kwargs):
         if self.target_hidden_size is None:
             self.target_hidden_size = self.hidden_size
+        # SpecForge checkpoints name the feature layers in `eagle_config.eagle_aux_hidden_state_layer_ids`
+        eagle_config = kwargs.get("eagle_config") or {}
+        if self.target_layer_ids is None and eagle_config.get("eagle_aux_hidden_state_layer_ids") is not None:
+            self.target_layer_ids = list(eagle_config["eagle_aux_hidden_state_layer_ids"])
         super().__post_init__(**kwargs)
+
+    @classmethod
+    def for_target(cls, target_config: PretrainedConfig, **overrides):
+        """A fresh drafter config shaped for `target_config` (vocabulary, widths, heads, RoPE), plus `overrides`."""
+        return cls(**{**target_shape_kwargs(target_config), "architectures": ["LlamaForCausalLMEagle3"], **overrides})
 
     def validate_architecture(self):
         """Part of `@strict` validation: rejects shapes the drafter cannot be built with."""

@@ -1,7 +1,9 @@
 """Configuration of the SpecBlock drafter: a Llama config plus the keys of the published checkpoints."""
 
 from huggingface_hub.dataclasses import strict
-from transformers import LlamaConfig
+from transformers import LlamaConfig, PretrainedConfig
+
+from .drafter_base import target_shape_kwargs
 
 
 @strict
@@ -36,6 +38,13 @@ class SpecBlockConfig(LlamaConfig):
         if self.target_hidden_size is None:
             self.target_hidden_size = self.hidden_size
         super().__post_init__(**kwargs)
+
+    @classmethod
+    def for_target(cls, target_config: PretrainedConfig, **overrides):
+        """A fresh drafter config shaped for `target_config` (vocabulary, widths, heads, RoPE), plus `overrides`."""
+        return cls(
+            **{**target_shape_kwargs(target_config), "architectures": ["LlamaForCausalLMSpecBlock"], **overrides}
+        )
 
     def validate_architecture(self):
         """Part of `@strict` validation: rejects shapes the drafter cannot be built with."""

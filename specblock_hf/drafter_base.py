@@ -5,7 +5,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 VOCAB_MAPPING_FILE = "vocab_mapping.pt"
 EMBEDDING_KEY = "embed_tokens.weight"
@@ -18,6 +18,26 @@ def default_target_layer_ids(num_target_layers: int) -> list[int]:
             f"The target needs at least 4 decoder layers for the feature taps, it has {num_target_layers}."
         )
     return [1, num_target_layers // 2 - 1, num_target_layers - 4]
+
+
+def target_shape_kwargs(target_config: PretrainedConfig) -> dict:
+    """Config fields a new drafter copies from its target: vocabulary, widths, heads, norm epsilon and RoPE."""
+    text = target_config.get_text_config()
+    return {
+        "vocab_size": text.vocab_size,
+        "hidden_size": text.hidden_size,
+        "target_hidden_size": text.hidden_size,
+        "intermediate_size": text.intermediate_size,
+        "num_attention_heads": text.num_attention_heads,
+        "num_key_value_heads": text.num_key_value_heads,
+        "head_dim": getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
+        "rms_norm_eps": text.rms_norm_eps,
+        "max_position_embeddings": text.max_position_embeddings,
+        "rope_parameters": dict(text.rope_parameters) if getattr(text, "rope_parameters", None) else None,
+        "bos_token_id": text.bos_token_id,
+        "eos_token_id": text.eos_token_id,
+        "pad_token_id": text.pad_token_id,
+    }
 
 
 class DrafterPreTrainedModel(PreTrainedModel):

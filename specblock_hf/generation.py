@@ -87,9 +87,14 @@ def speculative_decode(
         model_kwargs: what `generate()` prepared: `attention_mask`, `position_ids`, `past_key_values`.
     """
     device = input_ids.device
-    check_target(model, input_ids.shape[0])
     if generation_config.num_beams != 1:
         raise ValueError(f"Speculative decoding does not do beam search; got num_beams={generation_config.num_beams}.")
+    if generation_config.num_return_sequences != 1:
+        raise ValueError(
+            "Speculative decoding returns one sequence per call; got "
+            f"num_return_sequences={generation_config.num_return_sequences}. Call generate() once per sample."
+        )
+    check_target(model, input_ids.shape[0])
     prepare_drafter(model, drafter)
     tree_config = tree_config or getattr(drafter, "tree_config", None) or default_tree_config(drafter, device)
     candidates = candidate_generator_for(drafter, tree_config)

@@ -18,6 +18,10 @@ class SpecBlockGenerationMixin:
     def generate(self, *args, assistant_model=None, **kwargs):
         if isinstance(assistant_model, DrafterPreTrainedModel):
             prepare_drafter(self, assistant_model)  # clear shape errors before generate()'s own assistant checks
+            generation_config = kwargs.get("generation_config") or self.generation_config
+            num_beams = kwargs.get("num_beams") or generation_config.num_beams or 1
+            if num_beams != 1:  # generate() would quietly run plain beam search without the drafter
+                raise ValueError(f"Speculative decoding does not do beam search; got num_beams={num_beams}.")
         return super().generate(*args, assistant_model=assistant_model, **kwargs)
 
     def _assisted_decoding(
@@ -79,7 +83,6 @@ def generate(
     logits_processor: LogitsProcessorList,
     stopping_criteria: StoppingCriteriaList,
     generation_config: GenerationConfig,
-    synced_gpus: bool = False,
     drafter: DrafterPreTrainedModel | None = None,
     tree_config: TreeConfig | None = None,
     text_streamer: BaseStreamer | None = None,
@@ -89,15 +92,15 @@ def generate(
     """
     `model.generate(**inputs, custom_generate=specblock_hf.generate, drafter=drafter, ...)`.
 
-    `generate()` drops `assistant_model` and `streamer` before calling a custom decoding function, so this door takes
-    `drafter=` and `text_streamer=` instead; `tree_config=` fixes the tree shape and `generator=` seeds sampling.
+    `generate()` drops `assistant_model`, `streamer` and `tokenizer` before calling a custom decoding function, so this
+    door takes `drafter=` and `text_streamer=` instead, and stop strings come as
+    `stopping_criteria=[StopStringCriteria(tokenizer, stop_strings)]`; `tree_config=` fixes the tree shape and
+    `generator=` seeds sampling. (The `enable(model)` door and the Hub recipe take the usual names.)
     """
     if drafter is None:
         raise ValueError(
             "Pass the drafter: model.generate(..., custom_generate=specblock_hf.generate, drafter=drafter)."
         )
-    if synced_gpus:
-        raise ValueError("Speculative tree decoding does not support synced_gpus (DeepSpeed ZeRO-3 / FSDP) yet.")
     if text_streamer is not None:
         text_streamer.put(input_ids.cpu())
     return speculative_decode(

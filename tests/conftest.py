@@ -78,6 +78,13 @@ def make_eagle3(target, seed: int = 0, draft_vocab: int = 128):
     return drafter.bind_target(target).eval()
 
 
-@pytest.fixture(scope="session")
-def llama_target():
-    return make_target("llama")
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request):
+    """Tiny models run fastest on one thread (and do not fight other processes); slow real-model tests keep all."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,32 @@
+"""The `specblock` command line."""
+
+import argparse
+
+import torch
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="specblock", description="SpecBlock tree speculative decoding for transformers."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="stream a chat answer, then compare speed and output with plain generate()")
+    demo.add_argument("prompt", nargs="?", default=None, help="the user message (a default question otherwise)")
+    demo.add_argument("--target", default=None, help="target folder or Hub id (default: SmolLM2-135M-Instruct)")
+    demo.add_argument("--drafter", default=None, help="drafter folder or Hub id (default: the shipped drafter)")
+    demo.add_argument("--max-new-tokens", type=int, default=128)
+    demo.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    args = parser.parse_args(argv)
+
+    if args.command == "demo":
+        from .demo import DEFAULT_PROMPT, run_demo
+
+        run_demo(
+            prompt=args.prompt or DEFAULT_PROMPT,
+            target_name=args.target,
+            drafter_name=args.drafter,
+            max_new_tokens=args.max_new_tokens,
+            dtype=DTYPES[args.dtype],
+        )
