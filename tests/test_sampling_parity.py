@@ -116,6 +116,7 @@ def test_generate_first_two_tokens_match_target(settings):
 
     import specblock_hf
 
+    torch.set_num_threads(1)  # a tiny model: threads only add overhead
     target = specblock_hf.enable(_peaked_target())
     drafter = make_specblock(target)
     drafter.tree_config = specblock_hf.SpecBlockTreeConfig(blocks=2, beam=3, budget=12)
