@@ -76,6 +76,11 @@ class SpecBlockCandidateGenerator:
     """
 
     def __init__(self, drafter: SpecBlockDrafter, tree_config: SpecBlockTreeConfig):
+        if len(tree_config.width_table) < drafter.config.rank_classes:
+            raise ValueError(
+                f"width_table {tree_config.width_table} gives no width for some of the drafter's "
+                f"{drafter.config.rank_classes} rank classes; give one width per class."
+            )
         self.drafter = drafter
         self.tree_config = tree_config
         self.block_size = drafter.block_size

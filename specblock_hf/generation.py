@@ -1,6 +1,6 @@
 """The speculative decode loop: prompt -> prefill -> draft tree -> verify -> accept -> commit -> next round."""
 
-import time
+from functools import partial
 
 import torch
 from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
@@ -57,11 +57,6 @@ def prepare_drafter(model: PreTrainedModel, drafter: DrafterPreTrainedModel) -> 
         drafter.bind_target(model)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def speculative_decode(
     model: PreTrainedModel,
@@ -86,108 +81,60 @@ def speculative_decode(
         input_ids (`torch.LongTensor` of shape `(1, prompt_len)`): the prompt, possibly left-padded.
         model_kwargs: what `generate()` prepared: `attention_mask`, `position_ids`, `past_key_values`.
     """
-    device = input_ids.device
-    if generation_config.num_beams != 1:
-        raise ValueError(f"Speculative decoding does not do beam search; got num_beams={generation_config.num_beams}.")
-    if generation_config.num_return_sequences != 1:
-        raise ValueError(
-            "Speculative decoding returns one sequence per call; got "
-            f"num_return_sequences={generation_config.num_return_sequences}. Call generate() once per sample."
-        )
-    check_target(model, input_ids.shape[0])
+    _check_request(model, input_ids, generation_config)
     prepare_drafter(model, drafter)
+    device = input_ids.device
     tree_config = tree_config or getattr(drafter, "tree_config", None) or default_tree_config(drafter, device)
     candidates = candidate_generator_for(drafter, tree_config)
-    cache = model_kwargs.get("past_key_values")
-    if cache is None:
-        cache = DynamicCache(config=model.config)
-    if not isinstance(cache, DynamicCache) or cache.get_seq_length() > 0:
-        raise ValueError(
-            "Speculative decoding needs a fresh DynamicCache; static caches and pre-filled caches are not supported."
-        )
-    attention_mask = model_kwargs.get("attention_mask")
-    prefix_mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask[0].bool()
-    position_ids = model_kwargs.get("position_ids")
-    if position_ids is None:
-        position_ids = (prefix_mask.long().cumsum(0) - 1).clamp(min=0)[None] if prefix_mask is not None else None
-        position_ids = (
-            position_ids if position_ids is not None else torch.arange(input_ids.shape[1], device=device)[None]
-        )
-
-    stats = GenerationStats()
-    start = time.perf_counter()
+    cache = _fresh_cache(model, model_kwargs.get("past_key_values"))
+    prefix_mask, position_ids = _prompt_layout(
+        input_ids, model_kwargs.get("attention_mask"), model_kwargs.get("position_ids")
+    )
+    walk = partial(
+        accept, logits_processor=logits_processor, stopping_criteria=stopping_criteria,
+        do_sample=generation_config.do_sample, generator=generator,
+    )  # fmt: skip
+    stats, scores, raw_logits = GenerationStats(), [], []
     tap = FeatureTap(model, drafter.target_layer_ids)
     with tap.attached():
-        logits = model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache,
-            use_cache=True, logits_to_keep=1,
-        ).logits[0]  # fmt: skip
-        prompt_features = tap.features()
-        root_only = DraftTree(
-            tokens=input_ids[0, -1:], parents=torch.full((1,), -1, device=device),
-            depths=torch.zeros(1, dtype=torch.long, device=device), ancestor_mask=torch.ones(1, 1, dtype=torch.bool, device=device),
-        )  # fmt: skip
-        result = accept(
-            root_only, logits, input_ids, logits_processor, stopping_criteria, generation_config.do_sample, generator
-        )
-        input_ids, finished = result.input_ids, result.finished
-        scores, raw_logits = list(result.scores), list(result.raw_logits)
-        _stream(streamer, result.emitted)
-        cache.activate_past_recording()
-        real = slice(None) if prefix_mask is None else prefix_mask
-        root_position = position_ids[0, -1] + 1
-        _synchronize(device)
-        stats.prefill_time = time.perf_counter() - start
-        if not finished:
-            tick = time.perf_counter()
-            # prefill entries pair each prompt position with the token after it, the last with the first new token
-            candidates.append(prompt_features[real], input_ids[0, 1:][real], position_ids[0][real])
-            _synchronize(device)
-            stats.draft_time += time.perf_counter() - tick
-
-        while not finished:
-            tick = time.perf_counter()
-            tree = candidates.propose()
-            _synchronize(device)
-            verify_start = time.perf_counter()
-            stats.draft_time += verify_start - tick
-            mask = tree_attention_mask(model, cache, tree.ancestor_mask, tree.depths, prefix_mask)
-            tree_logits = model(
-                input_ids=tree.tokens[None], attention_mask=mask, position_ids=(root_position + tree.depths)[None],
-                past_key_values=cache, use_cache=True,
+        with stats.timed("prefill", device):
+            logits = model(
+                input_ids=input_ids, attention_mask=model_kwargs.get("attention_mask"), position_ids=position_ids,
+                past_key_values=cache, use_cache=True, logits_to_keep=1,
             ).logits[0]  # fmt: skip
-            _synchronize(device)
-            stats.verify_time += time.perf_counter() - verify_start
-            result = accept(
-                tree,
-                tree_logits,
-                input_ids,
-                logits_processor,
-                stopping_criteria,
-                generation_config.do_sample,
-                generator,
-            )
-            input_ids, finished = result.input_ids, result.finished
+            result = walk(DraftTree.root(input_ids[0, -1:]), logits, input_ids)
+            cache.activate_past_recording()
+        # prefill entries pair each prompt position with the token after it, the last with the first new token
+        real = slice(None) if prefix_mask is None else prefix_mask
+        features, next_tokens, positions = tap.features()[real], result.input_ids[0, 1:][real], position_ids[0][real]
+        while True:
+            input_ids = result.input_ids
             scores += result.scores
             raw_logits += result.raw_logits
-            stats.accepted.append(result.emitted.shape[0] - 1)
             _stream(streamer, result.emitted)
+            if result.finished:
+                break
+            with stats.timed("draft", device):
+                candidates.append(features, next_tokens, positions)
+                tree = candidates.propose()
+            with stats.timed("verify", device):
+                root_position = positions[-1] + 1
+                mask = tree_attention_mask(model, cache, tree.ancestor_mask, tree.depths, prefix_mask)
+                logits = model(
+                    input_ids=tree.tokens[None], attention_mask=mask, position_ids=(root_position + tree.depths)[None],
+                    past_key_values=cache, use_cache=True,
+                ).logits[0]  # fmt: skip
+            result = walk(tree, logits, input_ids)
             commit_target_cache(cache, result.path, tree.num_nodes)
             if prefix_mask is not None:
                 prefix_mask = torch.cat([prefix_mask, prefix_mask.new_ones(result.path.shape[0])])
-            if finished:
-                break
-            tick = time.perf_counter()
+            stats.accepted.append(result.emitted.shape[0] - 1)
+            features, next_tokens = tap.features()[result.path], result.emitted
             positions = root_position + torch.arange(result.path.shape[0], device=device)
-            candidates.append(tap.features()[result.path], result.emitted, positions)
-            _synchronize(device)
-            stats.draft_time += time.perf_counter() - tick
-            root_position = positions[-1] + 1
 
     if streamer is not None:
         streamer.end()
-    stats.new_tokens = len(scores)
-    stats.total_time = time.perf_counter() - start
+    stats.finish(new_tokens=len(scores))
     drafter.generation_stats = stats
     if not generation_config.return_dict_in_generate:
         return input_ids
@@ -197,6 +144,43 @@ def speculative_decode(
         logits=tuple(raw_logits) if generation_config.output_logits else None,
         past_key_values=cache if generation_config.use_cache else None,
     )
+
+
+def _check_request(model: PreTrainedModel, input_ids: torch.LongTensor, generation_config: GenerationConfig) -> None:
+    if generation_config.num_beams != 1:
+        raise ValueError(f"Speculative decoding does not do beam search; got num_beams={generation_config.num_beams}.")
+    if generation_config.num_return_sequences != 1:
+        raise ValueError(
+            "Speculative decoding returns one sequence per call; got "
+            f"num_return_sequences={generation_config.num_return_sequences}. Call generate() once per sample."
+        )
+    check_target(model, input_ids.shape[0])
+
+
+def _fresh_cache(model: PreTrainedModel, cache) -> DynamicCache:
+    if cache is None:
+        return DynamicCache(config=model.config)
+    if not isinstance(cache, DynamicCache) or cache.get_seq_length() > 0:
+        raise ValueError(
+            "Speculative decoding needs a fresh DynamicCache; static caches and pre-filled caches are not supported."
+        )
+    return cache
+
+
+def _prompt_layout(input_ids, attention_mask, position_ids):
+    """
+    The prompt's padding mask (None without padding) and position ids, as plain `generate()` computes them.
+
+    Returns:
+        `prefix_mask` (`torch.BoolTensor` of shape `(prompt_len,)` or None) and `position_ids` `(1, prompt_len)`.
+    """
+    prefix_mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask[0].bool()
+    if position_ids is None:
+        if prefix_mask is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+        else:
+            position_ids = (prefix_mask.long().cumsum(0) - 1).clamp(min=0)[None]
+    return prefix_mask, position_ids
 
 
 def _stream(streamer: BaseStreamer | None, tokens: torch.LongTensor) -> None:

@@ -1,7 +1,11 @@
 """What a speculative call did: rounds, acceptance lengths and where the time went."""
 
+import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+import torch
 
 
 @dataclass
@@ -22,6 +26,20 @@ class GenerationStats:
     draft_time: float = 0.0
     verify_time: float = 0.0
     total_time: float = 0.0
+    started: float = field(default_factory=time.perf_counter, repr=False)
+
+    @contextmanager
+    def timed(self, phase: str, device: torch.device):
+        """Add the wall time of the block to `<phase>_time` (after a CUDA sync, so GPU work is counted where it ran)."""
+        start = time.perf_counter()
+        yield
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        setattr(self, f"{phase}_time", getattr(self, f"{phase}_time") + time.perf_counter() - start)
+
+    def finish(self, new_tokens: int) -> None:
+        self.new_tokens = new_tokens
+        self.total_time = time.perf_counter() - self.started
 
     @property
     def rounds(self) -> int:

@@ -24,6 +24,17 @@ class DraftTree:
     depths: torch.LongTensor
     ancestor_mask: torch.BoolTensor
 
+    @classmethod
+    def root(cls, token: torch.LongTensor) -> "DraftTree":
+        """A tree of the root alone (`token` of shape `(1,)`): the target's next token is all a round can emit."""
+        device = token.device
+        return cls(
+            tokens=token,
+            parents=torch.full((1,), -1, device=device),
+            depths=torch.zeros(1, dtype=torch.long, device=device),
+            ancestor_mask=torch.ones(1, 1, dtype=torch.bool, device=device),
+        )
+
     @property
     def num_nodes(self) -> int:
         return self.tokens.shape[0]
