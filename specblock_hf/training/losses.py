@@ -164,7 +164,9 @@ def specblock_loss(drafter: SpecBlockDrafter, batch: dict, signals: TargetSignal
             break
         M = torch.randint(1, K + 1, (B, n), device=device, generator=generator)
         # keys of this block that later blocks at position i see: slots < M_i at i (and, for block 1, all earlier i)
-        visible = (positions[None, :, None] == query_position[None, None, :]) & (query_slot[None, None, :] < M[..., None])
+        visible = (positions[None, :, None] == query_position[None, None, :]) & (
+            query_slot[None, None, :] < M[..., None]
+        )
         if block == 0:
             visible = visible | (query_position[None, None, :] < positions[None, :, None])
         past_visible.append(visible)  # (B, n, n*K)
@@ -196,7 +198,9 @@ def eagle3_loss(drafter: Eagle3Drafter, batch: dict, signals: TargetSignals, num
         tokens = input_ids.gather(1, (positions + 1 + step).clamp(max=n - 1)[None].expand(B, n))
         own = causal if step == 0 else diagonal
         mask = torch.cat([causal] + [diagonal] * (step - 1) + [own], dim=1) if step else own
-        out = drafter(hidden, tokens, (positions + step)[None].expand(B, n), mask[None].expand(B, -1, -1), past, step == 0)
+        out = drafter(
+            hidden, tokens, (positions + step)[None].expand(B, n), mask[None].expand(B, -1, -1), past, step == 0
+        )
         target_index = (positions + step + 1)[None, :, None].expand(B, n, 1)
         loss = block_loss(out.logits[:, :, None], None, signals, target_index, drafter.d2t, 1)
         total = total + SLOT_DECAY**step * loss.draft

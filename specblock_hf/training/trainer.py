@@ -57,7 +57,9 @@ class TrainConfig:
         if self.drafter not in ("specblock", "eagle3"):
             raise ValueError(f"drafter must be 'specblock' or 'eagle3', got {self.drafter!r}.")
         if self.blocks < 1 or self.batch_size < 1 or self.max_steps < 1:
-            raise ValueError(f"blocks, batch_size and max_steps must be >= 1, got {self.blocks}, {self.batch_size}, {self.max_steps}.")
+            raise ValueError(
+                f"blocks, batch_size and max_steps must be >= 1, got {self.blocks}, {self.batch_size}, {self.max_steps}."
+            )
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
@@ -68,7 +70,9 @@ class TrainConfig:
 
 def new_drafter(config: TrainConfig, target, used_ids: torch.LongTensor):
     """A fresh drafter shaped for `target`, with the draft vocabulary `used_ids` and the target's embedding."""
-    config_class, model_class = (SpecBlockConfig, SpecBlockDrafter) if config.drafter == "specblock" else (Eagle3Config, Eagle3Drafter)
+    config_class, model_class = (
+        (SpecBlockConfig, SpecBlockDrafter) if config.drafter == "specblock" else (Eagle3Config, Eagle3Drafter)
+    )
     drafter_config = config_class.for_target(target.config, draft_vocab_size=used_ids.numel(), **config.drafter_config)
     drafter = model_class(drafter_config)
     drafter.init_vocab_mapping(used_ids)
@@ -102,9 +106,13 @@ class Trainer:
         loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, collate_fn=collate, drop_last=True)
         self.eval_loader = DataLoader(self.eval_set, batch_size=config.batch_size, collate_fn=collate)
         parameters = [p for name, p in drafter.named_parameters() if not name.startswith("embed_tokens")]
-        optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(
+            parameters, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=config.weight_decay
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
-        self.drafter, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(drafter, optimizer, loader, scheduler)
+        self.drafter, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
+            drafter, optimizer, loader, scheduler
+        )
         self.parameters = parameters
         self.generator = torch.Generator(device=self.accelerator.device).manual_seed(config.seed)
         self.output_dir = Path(config.output_dir)
@@ -113,7 +121,12 @@ class Trainer:
 
     def _losses(self, batch, drafter):
         signals = target_signals(
-            batch["last_hidden"], self.target_head, self.used_ids, batch["input_ids"], batch["loss_mask"], batch["lengths"]
+            batch["last_hidden"],
+            self.target_head,
+            self.used_ids,
+            batch["input_ids"],
+            batch["loss_mask"],
+            batch["lengths"],
         )
         if self.config.drafter == "specblock":
             return specblock_loss(drafter, batch, signals, self.config.blocks, self.generator)
@@ -155,7 +168,10 @@ class Trainer:
         drafter.train()
         (correct, valid, alive), starts = totals
         accuracy = (correct / valid.clamp(min=1)).tolist()
-        return {"slot_accuracy": [round(a, 4) for a in accuracy], "tau_estimate": 1 + float(alive.sum() / starts.clamp(min=1))}
+        return {
+            "slot_accuracy": [round(a, 4) for a in accuracy],
+            "tau_estimate": 1 + float(alive.sum() / starts.clamp(min=1)),
+        }
 
     def train(self) -> Path:
         from tqdm.auto import tqdm
@@ -165,7 +181,12 @@ class Trainer:
         (self.output_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
         self.resume()
         self.drafter.train()
-        progress = tqdm(total=config.max_steps, initial=self.step, desc=f"train {config.drafter}", disable=not self.accelerator.is_main_process)
+        progress = tqdm(
+            total=config.max_steps,
+            initial=self.step,
+            desc=f"train {config.drafter}",
+            disable=not self.accelerator.is_main_process,
+        )
         started = time.time()
         while self.step < config.max_steps:
             for batch in self.loader:
@@ -210,4 +231,3 @@ class Trainer:
                 handle.write(json.dumps(record) + "\n")
             if "eval" in record:
                 self.accelerator.print(json.dumps(record))
-
