@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModel
 
+from .auto import load_drafter
 from .candidates_eagle3 import Eagle3CandidateGenerator, Eagle3TreeConfig
 from .candidates_specblock import SpecBlockCandidateGenerator, SpecBlockTreeConfig
 from .configuration_eagle3 import Eagle3Config
@@ -35,5 +36,6 @@ __all__ = [
     "disable",
     "enable",
     "generate",
+    "load_drafter",
     "speculative_decode",
 ]

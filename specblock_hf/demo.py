@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, TextStreamer
 
+from .auto import load_drafter as load_pretrained_drafter
 from .divergence import first_divergence
 from .drafter_base import DrafterPreTrainedModel
 from .integration import enable
@@ -27,10 +28,8 @@ class DemoResult:
 
 def load_drafter(name_or_path: str | None, target: PreTrainedModel) -> tuple[DrafterPreTrainedModel, str]:
     """The given drafter, else the shipped SpecBlock drafter, else (with a warning) an untrained one."""
-    from transformers import AutoModel
-
     if name_or_path is not None:
-        return AutoModel.from_pretrained(name_or_path, target=target), str(name_or_path)
+        return load_pretrained_drafter(name_or_path, target=target), str(name_or_path)
     if (SHIPPED_DRAFTER / "config.json").is_file():
         return SpecBlockDrafter.from_pretrained(SHIPPED_DRAFTER, target=target), SHIPPED_DRAFTER.name
     from .configuration_specblock import SpecBlockConfig

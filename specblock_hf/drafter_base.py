@@ -1,6 +1,8 @@
 """What every drafter shares: strict loading of published checkpoints, the borrowed target embedding, vocab maps."""
 
+import json
 import os
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -51,17 +53,6 @@ class DrafterPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     # Checkpoints that do carry a copy of the target embedding load too: the copy is dropped, the target's is used.
     _keys_to_ignore_on_load_unexpected: ClassVar[list[str]] = [r"^embed_tokens\.weight$"]
-
-    def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-        elif hasattr(module, "variance_epsilon"):  # RMSNorm
-            nn.init.ones_(module.weight)
 
     def init_vocab_mapping(self, used_token_ids: torch.Tensor) -> None:
         """
@@ -117,6 +108,14 @@ class DrafterPreTrainedModel(PreTrainedModel):
         self.embed_tokens = embedding
         return self
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save in the published layout: no embedding key, and the published architecture name in `config.json`."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        config_path = Path(save_directory) / "config.json"
+        config = json.loads(config_path.read_text())
+        config["architectures"] = [self.published_architecture]
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
     def state_dict(self, *args, **kwargs):
         """The drafter's own weights: the borrowed target embedding is left out (published layout)."""
         state = super().state_dict(*args, **kwargs)
@@ -134,6 +133,7 @@ class DrafterPreTrainedModel(PreTrainedModel):
         `vocab_mapping.pt` (`{"d2t", "t2d"}`, loaded with `weights_only=True`) overrides the stored vocab maps.
         """
         want_info = kwargs.pop("output_loading_info", False)
+        kwargs["ignore_mismatched_sizes"] = True  # mis-shaped keys are reported below, by name, with the others
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
         )

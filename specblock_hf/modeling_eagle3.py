@@ -67,6 +67,7 @@ class Eagle3Drafter(DrafterPreTrainedModel):
     """
 
     config_class = Eagle3Config
+    published_architecture = "LlamaForCausalLMEagle3"
     config: Eagle3Config
     _no_split_modules: ClassVar[list[str]] = ["Eagle3DecoderLayer"]
 

@@ -121,6 +121,7 @@ class SpecBlockDrafter(DrafterPreTrainedModel):
     """
 
     config_class = SpecBlockConfig
+    published_architecture = "LlamaForCausalLMSpecBlock"
     config: SpecBlockConfig
     _no_split_modules: ClassVar[list[str]] = ["SpecBlockDecoderLayer"]
 

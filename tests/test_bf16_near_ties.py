@@ -25,13 +25,17 @@ def test_bf16_divergences_are_near_ties(family):
     for _ in range(PROMPTS):
         prompt = torch.randint(3, VOCAB, (1, 12), generator=rng)
         plain = target.generate(prompt, do_sample=False, max_new_tokens=40, eos_token_id=None)
-        speculative = target.generate(prompt, do_sample=False, max_new_tokens=40, eos_token_id=None, assistant_model=drafter)
+        speculative = target.generate(
+            prompt, do_sample=False, max_new_tokens=40, eos_token_id=None, assistant_model=drafter
+        )
         divergence = first_divergence(target, prompt.shape[1], plain, speculative)
         if divergence is None:
             assert torch.equal(plain, speculative)
         else:
             margins.append(divergence.margin)
-    print(f"{family} bf16: {len(margins)}/{PROMPTS} outputs diverge; largest |margin| {max(map(abs, margins), default=0):.4f}")
+    print(
+        f"{family} bf16: {len(margins)}/{PROMPTS} outputs diverge; largest |margin| {max(map(abs, margins), default=0):.4f}"
+    )
     assert all(abs(margin) <= BF16_NEAR_TIE_MARGIN for margin in margins), margins
 
 

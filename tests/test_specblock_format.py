@@ -11,6 +11,7 @@ from conftest import HIDDEN, VOCAB, make_specblock, make_target
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, LlamaConfig, LlamaForCausalLM, Qwen3Config
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 import specblock_hf  # noqa: F401  (registers the drafters with AutoConfig / AutoModel)
 from specblock_hf.configuration_specblock import SpecBlockConfig
@@ -168,6 +169,24 @@ def test_loads_published_folder(tmp_path, target, architecture):
     assert_loaded(drafter, state)
 
 
+def test_loaded_drafter_computes_like_a_constructed_one(tmp_path, target):
+    # Library bug: `DrafterPreTrainedModel._init_weights` overrides the base without handling the RoPE buffers, and
+    # transformers 5 creates the model on the meta device, so `rotary_emb.inv_freq` of a loaded drafter is
+    # uninitialised memory. Fix: delegate rotary modules (or everything not handled) to `super()._init_weights`.
+    state = published_state()
+    write_checkpoint(tmp_path, state)
+    loaded = SpecBlockDrafter.from_pretrained(tmp_path, target=target)
+    built = SpecBlockDrafter(SpecBlockConfig(**PUBLISHED_CONFIG))
+    built.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    built.bind_target(target)
+    torch.testing.assert_close(loaded.rotary_emb.inv_freq, built.rotary_emb.inv_freq, rtol=0, atol=0)
+    inputs = block_inputs(3)
+    with torch.no_grad():
+        expected = built(**inputs, attention_mask=block_causal_mask(3, K, "cpu")[None])
+        got = loaded(**inputs, attention_mask=block_causal_mask(3, K, "cpu")[None])
+    torch.testing.assert_close(got.logits, expected.logits, rtol=0, atol=0)
+
+
 def test_loads_published_folder_with_explicit_block_size(tmp_path, target):
     state = published_state(block_size=3)
     write_checkpoint(tmp_path, state, diffspec_draft_token_num=3)
@@ -210,14 +229,23 @@ def test_fuse_and_shift_column_blocks(tmp_path, target):
     state = published_state()
     write_checkpoint(tmp_path, state)
     drafter = SpecBlockDrafter.from_pretrained(tmp_path, target=target)
+    # RoPE is checked on its own above; set it here so that the column check cannot hinge on it
+    drafter.rotary_emb.inv_freq.copy_(LlamaRotaryEmbedding(config=drafter.config).inv_freq)
     w = {k: v.float() for k, v in state.items() if v.is_floating_point()}
     H = HIDDEN
 
     seen = {}
+
+    def record(name: str, index: int):
+        def hook(_, args, output=None):
+            seen[name] = (args if output is None else output)[index]
+
+        return hook
+
     hooks = [
-        drafter.layers[0].register_forward_pre_hook(lambda _, args: seen.setdefault("in0", args[0])),
-        drafter.layers[0].register_forward_hook(lambda _, args, out: seen.setdefault("out0", out[0])),
-        drafter.layers[1].register_forward_pre_hook(lambda _, args: seen.setdefault("in1", args[0])),
+        drafter.layers[0].register_forward_pre_hook(record("in0", 0)),
+        drafter.layers[0].register_forward_hook(record("out0", 0)),
+        drafter.layers[1].register_forward_pre_hook(record("in1", 0)),
     ]
     features = torch.randn(1, 1, 3 * H, generator=torch.Generator().manual_seed(3))
     token = torch.tensor([[17]])
@@ -339,6 +367,7 @@ def test_save_pretrained_round_trips_without_embedding(tmp_path, target):
 
     reloaded = SpecBlockDrafter.from_pretrained(tmp_path / "saved", target=target)
     assert_loaded(reloaded, drafter.state_dict())
+    # the outputs also depend on the non-persistent RoPE buffers (see the test above: uninitialised after loading)
     rng = torch.Generator().manual_seed(0)
     inputs = (
         torch.randn(1, 3, 3 * HIDDEN, generator=rng),
@@ -486,10 +515,9 @@ def perturbed_query(drafter: SpecBlockDrafter, slot: int, inputs: dict, mask: to
 @pytest.mark.parametrize("slot", range(K))
 @torch.no_grad()
 def test_slots_are_causal_within_a_block(drafter, slot):
-    N = 2
-    before, after = perturbed_query(drafter, slot, block_inputs(N), block_causal_mask(N, K, "cpu")[None])
-    torch.testing.assert_close(after[:, :slot], before[:, :slot], rtol=0, atol=0)  # earlier slots never see it
-    assert (after[:, slot:] - before[:, slot:]).abs().amax(dim=-1).gt(1e-4).all()  # it and later slots do
+    before, after = perturbed_query(drafter, slot, block_inputs(1), block_causal_mask(1, K, "cpu")[None])
+    torch.testing.assert_close(after[0, :slot], before[0, :slot], rtol=0, atol=0)  # earlier slots never see it
+    assert (after[0, slot:] - before[0, slot:]).abs().amax(dim=-1).gt(1e-4).all()  # it and later slots do
 
 
 @pytest.mark.parametrize("slot", range(K))

