@@ -90,7 +90,9 @@ def main():
         "target": "SmolLM2-135M-Instruct",
         "dtype": args.dtype,
         "drafter": label,
-        "tree_config": str(drafter.tree_config or specblock_hf.generation.default_tree_config(drafter, target.device)),
+        "tree_config": str(
+            getattr(drafter, "tree_config", None) or specblock_hf.generation.default_tree_config(drafter, target.device)
+        ),
         "prompts": len(records),
         "max_new_tokens": args.max_new_tokens,
         "identical": sum(r["identical"] for r in records),

