@@ -123,6 +123,17 @@ class DrafterPreTrainedModel(PreTrainedModel):
         state.pop(prefix + EMBEDDING_KEY, None)
         return state
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As `nn.Module.load_state_dict`, where the borrowed embedding may be absent (it is never saved)."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [key for key in result.missing_keys if key != EMBEDDING_KEY]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"Error loading {type(self).__name__} state: missing keys {missing}, "
+                f"unexpected keys {result.unexpected_keys}."
+            )
+        return result
+
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path, *model_args, target: PreTrainedModel | None = None, **kwargs

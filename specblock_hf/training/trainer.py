@@ -151,7 +151,7 @@ class Trainer:
         """Continue from the newest checkpoint in the output folder, if any."""
         checkpoints = sorted(self.output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
         if checkpoints:
-            self.accelerator.load_state(str(checkpoints[-1]))
+            self.accelerator.load_state(str(checkpoints[-1]), strict=False)  # the borrowed embedding is never saved
             self.step = int(checkpoints[-1].name.split("-")[1])
             self.accelerator.print(f"resumed from {checkpoints[-1]} (step {self.step})")
 
