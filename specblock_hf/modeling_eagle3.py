@@ -62,8 +62,8 @@ class Eagle3Drafter(DrafterPreTrainedModel):
     """
     The EAGLE-3 drafter (SPEC §7). An entry pairs a state `h` with a token: `h = fc(target features of token t)` for
     a committed entry, or the drafter's own previous output state during tree drafting; the token is `t + 1`. The
-    entry's output predicts the token after `t + 1`. One forward drafts one token per entry, so a tree of depth D
-    costs D - 1 forwards after the one that appends the verified entries.
+    entry's output predicts the token after `t + 1`. One forward drafts one tree level, so a tree of `D` levels costs
+    `D - 1` forwards after the one that appends the verified entries (which yields level 1).
     """
 
     config_class = Eagle3Config
