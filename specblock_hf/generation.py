@@ -129,6 +129,8 @@ def speculative_decode(
             if prefix_mask is not None:
                 prefix_mask = torch.cat([prefix_mask, prefix_mask.new_ones(result.path.shape[0])])
             stats.accepted.append(result.emitted.shape[0] - 1)
+            if tree.keep_rank is not None:
+                stats.accepted_keep_ranks.append(tree.keep_rank[result.path[1:]].tolist())
             features, next_tokens = tap.features()[result.path], result.emitted
             positions = root_position + torch.arange(result.path.shape[0], device=device)
 

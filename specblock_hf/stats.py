@@ -15,12 +15,14 @@ class GenerationStats:
 
     Args:
         accepted: accepted draft tokens per round (the round also emits one target token).
+        accepted_keep_ranks: per round, the pruning ranks of the accepted draft nodes (see `DraftTree.keep_rank`).
         draft_time: seconds in drafter forwards and tree growth (committing entries + proposing trees).
         verify_time: seconds in target forwards over trees (the prefill is counted in `prefill_time`).
         total_time: seconds of the whole call, prefill included.
     """
 
     accepted: list[int] = field(default_factory=list)
+    accepted_keep_ranks: list[list[int]] = field(default_factory=list, repr=False)
     new_tokens: int = 0
     prefill_time: float = 0.0
     draft_time: float = 0.0

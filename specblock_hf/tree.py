@@ -17,12 +17,16 @@ class DraftTree:
         depths (`torch.LongTensor` of shape `(num_nodes,)`): distance from the root.
         ancestor_mask (`torch.BoolTensor` of shape `(num_nodes, num_nodes)`): `[i, j]` is True when `j` is `i` or an
             ancestor of `i` — the tree part of the verification attention mask.
+        keep_rank (`torch.LongTensor` of shape `(num_nodes,)`, *optional*): each node's place in the pruning order
+            (1 = kept first; the root 0). The tree a budget `B` would have kept is exactly the nodes of rank <= B,
+            which lets the cost model replay a round under smaller budgets.
     """
 
     tokens: torch.LongTensor
     parents: torch.LongTensor
     depths: torch.LongTensor
     ancestor_mask: torch.BoolTensor
+    keep_rank: torch.LongTensor | None = None
 
     @classmethod
     def root(cls, token: torch.LongTensor) -> "DraftTree":
@@ -130,8 +134,10 @@ def build_tree(
     order = candidates[torch.argsort(depths[candidates], stable=True)]
     order = order[torch.argsort(scores[order], descending=True, stable=True)]
     chosen = order[:budget]
-    chosen = chosen[torch.argsort(depths[chosen], stable=True)]
+    by_depth = torch.argsort(depths[chosen], stable=True)
+    chosen = chosen[by_depth]
     nodes = torch.cat([chosen.new_zeros(1), chosen])
+    keep_rank = torch.cat([chosen.new_zeros(1), 1 + by_depth])
     new_index = torch.full_like(tokens, -1)
     new_index[nodes] = torch.arange(nodes.numel(), device=tokens.device)
     new_parents = new_index[parents[nodes].clamp(min=0)]
@@ -142,6 +148,7 @@ def build_tree(
         parents=new_parents,
         depths=new_depths,
         ancestor_mask=ancestor_mask(new_parents, new_depths),
+        keep_rank=keep_rank,
     )
 
 

@@ -200,3 +200,40 @@ def test_ancestor_mask_and_paths_match_reference(seed):
     assert mask.tolist() == reference_ancestors(parents)
     tree = DraftTree(torch.zeros(num_nodes, dtype=torch.long), torch.tensor(parents), torch.tensor(depths), mask)
     assert tree.paths().tolist() == reference_paths(parents, depths)
+
+
+def _token_paths(tree, keep=None):
+    """The token sequence from the root to each node (restricted to `keep` nodes), as a set."""
+    paths = set()
+    for node in range(tree.num_nodes):
+        if keep is not None and not keep[node]:
+            continue
+        chain, current = [], node
+        while current >= 0:
+            chain.append(int(tree.tokens[current]))
+            current = int(tree.parents[current])
+        paths.add(tuple(reversed(chain)))
+    return paths
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_keep_rank_replays_smaller_budgets(seed):
+    """The nodes of rank <= B in a large-budget tree are exactly the tree that budget B builds."""
+    rng = torch.Generator().manual_seed(seed)
+    n = 40
+    parents = torch.cat(
+        [torch.tensor([-1]), torch.stack([torch.randint(0, i, (1,), generator=rng)[0] for i in range(1, n)])]
+    )
+    depths = torch.zeros(n, dtype=torch.long)
+    for i in range(1, n):
+        depths[i] = depths[parents[i]] + 1
+    tokens = torch.randint(0, 6, (n,), generator=rng)
+    step = -torch.rand(n, generator=rng)
+    step[0] = 0
+    scores = torch.zeros(n)
+    for i in range(1, n):
+        scores[i] = scores[parents[i]] + step[i]
+    full = build_tree(tokens, parents, scores, depths, budget=n)
+    for budget in (1, 3, 7, 15):
+        small = build_tree(tokens, parents, scores, depths, budget=budget)
+        assert _token_paths(full, full.keep_rank <= budget) == _token_paths(small)
