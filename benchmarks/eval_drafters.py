@@ -8,13 +8,22 @@
 import argparse
 import json
 import platform
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 import specblock_hf
 from specblock_hf.bench.prompts import load_spec_bench
-from specblock_hf.bench.runner import markdown_table, records_as_dicts, run, summarize
+from specblock_hf.bench.runner import (
+    PLAIN,
+    drafter_method,
+    markdown_table,
+    plain_method,
+    records_as_dicts,
+    run,
+    summarize,
+)
 from specblock_hf.models import load_target
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parents[2] / "shared/data/spec_bench_questions.jsonl"
@@ -32,12 +41,17 @@ def main():
 
     target, tokenizer = load_target(dtype=torch.bfloat16)
     specblock_hf.enable(target)
-    drafters = {}
+    methods = {PLAIN: plain_method}
     for item in args.drafter:
         name, path = item.split("=", 1)
-        drafters[name] = specblock_hf.load_drafter(path, target=target)
+        drafter = specblock_hf.load_drafter(path, target=target)
+        if args.budget is not None:
+            drafter.tree_config = specblock_hf.generation.default_tree_config(drafter, target.device)
+            field = "budget" if hasattr(drafter.tree_config, "budget") else "total_tokens"
+            drafter.tree_config = replace(drafter.tree_config, **{field: args.budget})
+        methods[name] = drafter_method(drafter)
     prompts = load_spec_bench(args.prompts, per_category=args.per_category)
-    records = run(target, tokenizer, prompts, drafters, args.max_new_tokens)
+    records = run(target, tokenizer, prompts, methods, args.max_new_tokens)
     summary = summarize(records)
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     header = (

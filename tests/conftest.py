@@ -88,3 +88,9 @@ def _one_thread_for_tiny_models(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def make_llama_assistant(seed: int = 1):
+    """A smaller Llama of the same vocabulary, for Hugging Face's own assisted generation."""
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**_common(num_hidden_layers=1))).eval()

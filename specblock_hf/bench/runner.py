@@ -2,6 +2,7 @@
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -31,24 +32,61 @@ class Record:
     margin: float | None = None
 
 
+Method = Callable[[PreTrainedModel, torch.LongTensor, dict], tuple[torch.LongTensor, object]]
+
+
+def plain_method(target, input_ids, settings):
+    """Plain `generate()`: the baseline every speedup is measured against."""
+    return target.generate(input_ids, **settings), None
+
+
+def prompt_lookup_method(num_tokens: int = 10) -> Method:
+    """Hugging Face prompt lookup decoding (n-gram drafts copied from the prompt)."""
+
+    def method(target, input_ids, settings):
+        return target.generate(input_ids, **settings, prompt_lookup_num_tokens=num_tokens), None
+
+    return method
+
+
+def assisted_method(assistant: PreTrainedModel) -> Method:
+    """Hugging Face assisted generation with a small model of the same tokenizer."""
+
+    def method(target, input_ids, settings):
+        return target.generate(input_ids, **settings, assistant_model=assistant), None
+
+    return method
+
+
+def drafter_method(drafter) -> Method:
+    """Tree speculation with one of our drafters (the target must be `enable`d)."""
+
+    def method(target, input_ids, settings):
+        return target.generate(input_ids, **settings, assistant_model=drafter), drafter.generation_stats
+
+    return method
+
+
 def run(
     target: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[Prompt],
-    drafters: dict,
+    methods: dict[str, Method],
     max_new_tokens: int,
     do_sample: bool = False,
     progress: bool = True,
 ) -> list[Record]:
     """
-    For every prompt, plain `generate()` and then each drafter (in an order rotated prompt by prompt, so that machine
-    noise hits all methods alike). Greedy outputs are compared with plain output; a divergence is recorded with the
-    target's logit margin there. A warm-up call per method precedes the timed runs.
+    For every prompt, every method, in an order rotated prompt by prompt so that machine noise hits all methods
+    alike; `methods` must include `PLAIN`. Greedy outputs are compared with plain output; a divergence is recorded
+    with the target's logit margin there. One warm-up call per method precedes the timed runs.
     """
     from tqdm.auto import tqdm
 
     settings = {"do_sample": do_sample, "max_new_tokens": max_new_tokens}
-    methods = [PLAIN, *drafters]
+    if do_sample:
+        settings |= {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    names = list(methods)
     records = []
     for index, prompt in enumerate(tqdm(prompts, desc="bench", disable=not progress)):
         input_ids = tokenizer.apply_chat_template(
@@ -58,35 +96,26 @@ def run(
             return_dict=True,
         )["input_ids"].to(target.device)
         if index == 0:
-            for method in methods:
-                _generate(target, input_ids, drafters.get(method), {"max_new_tokens": 4})
-        order = methods[index % len(methods) :] + methods[: index % len(methods)]
+            for method in methods.values():
+                method(target, input_ids, {**settings, "max_new_tokens": 4})
         outputs = {}
-        for method in order:
-            drafter = drafters.get(method)
+        for name in names[index % len(names) :] + names[: index % len(names)]:
             start = time.perf_counter()
-            outputs[method] = _generate(target, input_ids, drafter, settings)
+            outputs[name], stats = methods[name](target, input_ids, settings)
             seconds = time.perf_counter() - start
             record = Record(
-                method, prompt.category, prompt.question_id, outputs[method].shape[1] - input_ids.shape[1], seconds
+                name, prompt.category, prompt.question_id, outputs[name].shape[1] - input_ids.shape[1], seconds
             )
-            if drafter is not None:
-                stats = drafter.generation_stats
+            if stats is not None:
                 record.rounds, record.accepted = stats.rounds, sum(stats.accepted)
                 record.draft_s, record.verify_s, record.other_s = stats.draft_time, stats.verify_time, stats.other_time
             records.append(record)
         if not do_sample:
-            for record in records[-len(methods) :]:
+            for record in records[-len(names) :]:
                 divergence = first_divergence(target, input_ids.shape[1], outputs[PLAIN], outputs[record.method])
                 record.identical = divergence is None and outputs[PLAIN].shape == outputs[record.method].shape
                 record.margin = None if divergence is None else divergence.margin
     return records
-
-
-def _generate(target, input_ids, drafter, settings) -> torch.LongTensor:
-    if drafter is None:
-        return target.generate(input_ids, **settings)
-    return target.generate(input_ids, **settings, assistant_model=drafter)
 
 
 def summarize(records: list[Record]) -> dict:
