@@ -29,9 +29,26 @@ def main(argv: list[str] | None = None) -> None:
     distill.add_argument("--limit", type=int, default=None, help="first N conversations")
     distill.add_argument("--max-new-tokens", type=int, default=256)
     distill.add_argument("--batch-size", type=int, default=16)
+    bench = commands.add_parser("bench", help="plain vs prompt lookup vs HF assisted vs our drafters, interleaved")
+    bench.add_argument("--target", default=None, help="target folder or Hub id (default: SmolLM2-135M-Instruct)")
+    bench.add_argument("--prompts", default=None, help='Spec-Bench style jsonl, "mt-bench" or "humaneval"')
+    bench.add_argument("--per-category", type=int, default=8)
+    bench.add_argument("--categories", nargs="*", default=None)
+    bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    bench.add_argument("--drafter", action="append", default=[], help="NAME=PATH of a SpecBlock/EAGLE-3 drafter")
+    bench.add_argument("--assistant", default=None, help="a small model for HF assisted generation")
+    bench.add_argument("--prompt-lookup", action="store_true", help="add HF prompt lookup decoding")
+    bench.add_argument("--budget", default=None, help='tree budget for our drafters: a number, or "auto"')
+    bench.add_argument("--sample", action="store_true", help="sample at temperature 1 instead of greedy")
+    bench.add_argument("--out", required=False, default="benchmarks/results/bench", help="output prefix")
     args = parser.parse_args(argv)
 
-    if args.command == "distill":
+    if args.command == "bench":
+        from .bench.main import run_bench
+
+        run_bench(args, DTYPES[args.dtype])
+    elif args.command == "distill":
         from .models import load_target
         from .training.data import load_conversations
         from .training.selfdistill import regenerate_answers

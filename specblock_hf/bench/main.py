@@ -1,0 +1,67 @@
+"""`specblock bench`: build the methods from the command line, run them interleaved, write the report."""
+
+import platform
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..auto import load_drafter
+from ..budget import calibrate_budget
+from ..generation import default_tree_config
+from ..integration import enable
+from ..models import load_target
+from .prompts import load_prompts
+from .report import write_report
+from .runner import PLAIN, assisted_method, drafter_method, plain_method, prompt_lookup_method, run, summarize
+
+SPEC_BENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "spec_bench_questions.jsonl"
+
+
+def run_bench(args, dtype: torch.dtype) -> dict:
+    target, tokenizer = load_target(args.target, dtype=dtype)
+    enable(target)
+    prompts = load_prompts(args.prompts or str(SPEC_BENCH), args.per_category, args.categories)
+    methods = {PLAIN: plain_method}
+    if args.prompt_lookup:
+        methods["prompt_lookup"] = prompt_lookup_method()
+    if args.assistant:
+        assistant, _ = load_target(args.assistant, dtype=dtype)
+        methods["hf_assisted"] = assisted_method(assistant)
+    budgets = {}
+    for item in args.drafter:
+        name, path = item.split("=", 1)
+        drafter = load_drafter(path, target=target)
+        config = default_tree_config(drafter, target.device)
+        if args.budget == "auto":
+            calibration = [_ids(tokenizer, p.text, target.device) for p in prompts[:: max(1, len(prompts) // 4)][:4]]
+            config, choice = calibrate_budget(target, drafter, calibration, config)
+            budgets[name] = choice
+        elif args.budget is not None:
+            field = "budget" if hasattr(config, "budget") else "total_tokens"
+            config = replace(config, **{field: int(args.budget)})
+        drafter.tree_config = config
+        methods[name] = drafter_method(drafter)
+    records = run(target, tokenizer, prompts, methods, args.max_new_tokens, do_sample=args.sample)
+    summary = summarize(records)
+    header = (
+        f"target {args.target or 'SmolLM2-135M-Instruct'} ({dtype}, {target.device}; {platform.machine()}, "
+        f"{torch.get_num_threads()} threads); {len(prompts)} prompts from {args.prompts or 'Spec-Bench'} "
+        f"({args.per_category} per category); {'sampling T=1' if args.sample else 'greedy'}; "
+        f"max_new_tokens={args.max_new_tokens}; methods: {', '.join(methods)}; "
+        + "; ".join(f"{n}: {p}" for n, p in (i.split("=", 1) for i in args.drafter))
+        + "".join(
+            f"; {n} auto budget {c.budget} (expected tok/s {c.expected_tokens_per_s})" for n, c in budgets.items()
+        )
+    )
+    for path in write_report(args.out, header, summary, records):
+        print(f"wrote {path}")
+    print(Path(args.out).with_suffix(".md").read_text())
+    return summary
+
+
+def _ids(tokenizer, text: str, device) -> torch.LongTensor:
+    messages = [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)[
+        "input_ids"
+    ].to(device)
