@@ -56,7 +56,7 @@ def run_training(config: TrainConfig) -> Path:
     started = time.time()
     final = trainer.train()
     minutes = (time.time() - started) / 60
-    evaluation = trainer.evaluate()
+    evaluation = trainer.final_evaluation
     assistant_tokens = sum(int(t.numel()) for t in dataset.assistant_tokens())
     kind = "SpecBlock" if config.drafter == "specblock" else "EAGLE-3"
     drafter_config = trainer.accelerator.unwrap_model(trainer.drafter).config

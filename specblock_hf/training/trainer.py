@@ -194,6 +194,7 @@ class Trainer:
         }
 
     def train(self) -> Path:
+        """Train to `max_steps` (or the time limit), resuming if possible; returns the folder of the final drafter."""
         from tqdm.auto import tqdm
 
         config = self.config
@@ -235,8 +236,8 @@ class Trainer:
         progress.close()
         self.save_checkpoint()
         final = self.output_dir / "final"
-        result = self.evaluate()
-        self._log({"step": self.step, "eval": result, "final": True})
+        self.final_evaluation = self.evaluate()
+        self._log({"step": self.step, "eval": self.final_evaluation, "final": True})
         if self.accelerator.is_main_process:  # the published layout stores bf16 weights
             drafter = self.accelerator.unwrap_model(self.drafter)
             state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in drafter.state_dict().items()}
