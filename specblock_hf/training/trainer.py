@@ -35,7 +35,6 @@ class TrainConfig:
         rank_start_step: the rank loss joins after this many steps.
         eval_sequences: sequences held out (the first ones of the shards) for periodic evaluation.
         mixed_precision: accelerate's setting ("bf16" autocasts on CPU and GPU; "no" trains in fp32).
-        init_head_from_target: start the drafter's final norm and lm_head from the target's.
     """
 
     data: str
@@ -62,7 +61,6 @@ class TrainConfig:
     seed: int = 0
     max_train_minutes: float | None = None
     mixed_precision: str = "bf16"
-    init_head_from_target: bool = False
 
     def __post_init__(self):
         if self.drafter not in ("specblock", "eagle3"):
@@ -80,23 +78,14 @@ class TrainConfig:
 
 
 def new_drafter(config: TrainConfig, target, used_ids: torch.LongTensor):
-    """
-    A fresh drafter shaped for `target`, with the draft vocabulary `used_ids` and the target's embedding. With
-    `init_head_from_target`, its output head starts as the target's (final norm, and the `lm_head` rows of the draft
-    vocabulary): the drafter then only has to learn a state resembling the target's next one, not a new vocabulary map.
-    """
+    """A fresh drafter shaped for `target`, with the draft vocabulary `used_ids` and the target's embedding."""
     config_class, model_class = (
         (SpecBlockConfig, SpecBlockDrafter) if config.drafter == "specblock" else (Eagle3Config, Eagle3Drafter)
     )
     drafter_config = config_class.for_target(target.config, draft_vocab_size=used_ids.numel(), **config.drafter_config)
     drafter = model_class(drafter_config)
     drafter.init_vocab_mapping(used_ids)
-    drafter.bind_target(target)
-    if config.init_head_from_target:
-        with torch.no_grad():
-            drafter.lm_head.weight.copy_(target.get_output_embeddings().weight[used_ids.to(target.device)])
-            drafter.norm.weight.copy_(target.get_decoder().norm.weight)
-    return drafter
+    return drafter.bind_target(target)
 
 
 def _lr_lambda(config: TrainConfig):
