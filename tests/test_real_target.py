@@ -54,3 +54,15 @@ def test_bf16_greedy_divergences_are_near_ties_on_the_real_target():
         speculative = target.generate(ids, do_sample=False, max_new_tokens=48, assistant_model=drafter)
         divergence = first_divergence(target, ids.shape[1], plain, speculative)
         assert divergence is None or abs(divergence.margin) <= BF16_NEAR_TIE_MARGIN, (text, divergence)
+
+
+def test_shipped_drafters_load_and_decode_losslessly():
+    from specblock_hf.demo import SHIPPED_DRAFTER
+
+    target, tokenizer, _ = _load(torch.float32)
+    ids = _ids(tokenizer, PROMPTS[0])
+    plain = target.generate(ids, do_sample=False, max_new_tokens=32)
+    for folder in sorted(SHIPPED_DRAFTER.parent.iterdir()):
+        drafter = specblock_hf.load_drafter(str(folder), target=target)
+        assert torch.equal(target.generate(ids, do_sample=False, max_new_tokens=32, assistant_model=drafter), plain)
+        assert drafter.generation_stats.mean_acceptance_length >= 1.0
