@@ -5,13 +5,19 @@ can leave plain greedy output where the target's top two logits are nearly equal
 when the target's own margin there is tiny; this module measures that margin.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
 
-# Two bf16 ulps at logit magnitude 16-32 (SmolLM2's top logits): a multi-token forward reorders reductions and drifts by that.
+# The smallest margin we always call a near-tie: two bf16 ulps at logit magnitude 16-32. Larger logits get more room.
 BF16_NEAR_TIE_MARGIN = 0.25
+
+
+def bf16_ulp(value: float) -> float:
+    """Spacing of bf16 numbers (8 significant bits) at `value`."""
+    return 2.0 ** (math.floor(math.log2(max(abs(value), 1e-30))) - 7)
 
 
 @dataclass
@@ -24,15 +30,22 @@ class Divergence:
         expected_token / actual_token: the reference's token and the other output's token there.
         margin: the target's logit of `expected_token` minus that of `actual_token`, from a plain forward over the
             common prefix, in the target's dtype.
+        logit: the larger of the two logits there.
     """
 
     index: int
     expected_token: int
     actual_token: int
     margin: float
+    logit: float
 
-    def is_near_tie(self, threshold: float = BF16_NEAR_TIE_MARGIN) -> bool:
-        return abs(self.margin) <= threshold
+    @property
+    def near_tie_threshold(self) -> float:
+        """`BF16_NEAR_TIE_MARGIN`, or two bf16 ulps at this logit's magnitude when that is larger."""
+        return max(BF16_NEAR_TIE_MARGIN, 2 * bf16_ulp(self.logit))
+
+    def is_near_tie(self) -> bool:
+        return abs(self.margin) <= self.near_tie_threshold
 
 
 @torch.no_grad()
@@ -56,4 +69,5 @@ def first_divergence(
     position = prompt_length + index
     logits = model(expected[:, :position], logits_to_keep=1).logits[0, -1]
     expected_token, actual_token = int(expected[0, position]), int(actual[0, position])
-    return Divergence(index, expected_token, actual_token, float(logits[expected_token] - logits[actual_token]))
+    margin = float(logits[expected_token] - logits[actual_token])
+    return Divergence(index, expected_token, actual_token, margin, float(logits[[expected_token, actual_token]].max()))

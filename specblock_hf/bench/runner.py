@@ -30,6 +30,7 @@ class Record:
     other_s: float = 0.0
     identical: bool = True
     margin: float | None = None
+    near_tie: bool | None = None
 
 
 Method = Callable[[PreTrainedModel, torch.LongTensor, dict], tuple[torch.LongTensor, object]]
@@ -115,6 +116,7 @@ def run(
                 divergence = first_divergence(target, input_ids.shape[1], outputs[PLAIN], outputs[record.method])
                 record.identical = divergence is None and outputs[PLAIN].shape == outputs[record.method].shape
                 record.margin = None if divergence is None else divergence.margin
+                record.near_tie = None if divergence is None else divergence.is_near_tie()
     return records
 
 
@@ -141,6 +143,7 @@ def summarize(records: list[Record]) -> dict:
             "verify_ms_per_round": 1e3 * sum(r.verify_s for r in group) / rounds if rounds else None,
             "draft_share": sum(r.draft_s for r in group) / loop if loop else None,
             "mismatches": sum(not r.identical for r in group),
+            "not_near_ties": sum(r.near_tie is False for r in group),
             "largest_margin": max((abs(r.margin) for r in group if r.margin is not None), default=None),
         }
     return summary
@@ -149,8 +152,8 @@ def summarize(records: list[Record]) -> dict:
 def markdown_table(summary: dict) -> str:
     """One row per (method, category)."""
     lines = [
-        "| method | category | prompts | tok/s | speedup | τ | draft ms/round | verify ms/round | draft share | mismatches (max margin) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | category | prompts | tok/s | speedup | τ | draft ms/round | verify ms/round | draft share | mismatches (max margin) | not near-ties |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, categories in summary.items():
         for category in sorted(categories, key=lambda c: (c == "overall", c)):
@@ -163,7 +166,7 @@ def markdown_table(summary: dict) -> str:
                 f"| {method} | {category} | {row['prompts']} | {row['tokens_per_s']:.1f} | {row['speedup']:.2f}x | "
                 f"{fmt(row['tau'], '.2f')} | {fmt(row['draft_ms_per_round'], '.1f')} | "
                 f"{fmt(row['verify_ms_per_round'], '.1f')} | {fmt(row['draft_share'], '.0%')} | "
-                f"{row['mismatches']} ({fmt(row['largest_margin'], '.3f')}) |"
+                f"{row['mismatches']} ({fmt(row['largest_margin'], '.3f')}) | {row['not_near_ties']} |"
             )
     return "\n".join(lines)
 
