@@ -1,5 +1,7 @@
 """Tiny random targets of every supported family and tiny drafters bound to them, all on CPU in fp32."""
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 from transformers import (
@@ -94,3 +96,14 @@ def make_llama_assistant(seed: int = 1):
     """A smaller Llama of the same vocabulary, for Hugging Face's own assisted generation."""
     torch.manual_seed(seed)
     return LlamaForCausalLM(LlamaConfig(**_common(num_hidden_layers=1))).eval()
+
+
+@contextmanager
+def recorded_calls(drafter):
+    """Record `(kwargs, output)` of every drafter forward inside the block."""
+    calls = []
+    handle = drafter.register_forward_hook(lambda _, args, kwargs, out: calls.append((kwargs, out)), with_kwargs=True)
+    try:
+        yield calls
+    finally:
+        handle.remove()

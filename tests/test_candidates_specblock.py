@@ -4,7 +4,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from conftest import HIDDEN, VOCAB, make_specblock, make_target
+from conftest import HIDDEN, VOCAB, make_specblock, make_target, recorded_calls
 
 from specblock_hf.candidates_specblock import SpecBlockCandidateGenerator, SpecBlockTreeConfig
 from specblock_hf.modeling_specblock import SpecBlockDrafter, SpecBlockOutput
@@ -57,17 +57,6 @@ def assert_valid_tree(tree: DraftTree, root_token: int, budget: int) -> None:
     assert torch.equal(tree.depths[1:], tree.depths[parents] + 1)
     siblings = list(zip(parents.tolist(), tree.tokens[1:].tolist(), strict=True))
     assert len(set(siblings)) == len(siblings)  # no duplicate (parent, token)
-
-
-@contextmanager
-def recorded_calls(drafter: SpecBlockDrafter):
-    """Record `(kwargs, output)` of every drafter forward inside the block."""
-    calls = []
-    handle = drafter.register_forward_hook(lambda _, args, kwargs, out: calls.append((kwargs, out)), with_kwargs=True)
-    try:
-        yield calls
-    finally:
-        handle.remove()
 
 
 # --- configuration ---------------------------------------------------------------------------------------------------

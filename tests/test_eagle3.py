@@ -3,10 +3,10 @@
 import json
 import pickle
 import re
-from contextlib import contextmanager
 
 import pytest
 import torch
+from conftest import recorded_calls
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -278,17 +278,6 @@ def test_propose_returns_valid_tree(target):
     assert generator.cache.length == cache_length  # uncommitted tree entries never enter the cache
     again = generator.propose()
     assert torch.equal(again.tokens, tree.tokens) and torch.equal(again.parents, tree.parents)
-
-
-@contextmanager
-def recorded_calls(drafter: Eagle3Drafter):
-    """Record `(kwargs, output)` of every drafter forward inside the block."""
-    calls = []
-    handle = drafter.register_forward_hook(lambda _, args, kwargs, out: calls.append((kwargs, out)), with_kwargs=True)
-    try:
-        yield calls
-    finally:
-        handle.remove()
 
 
 def test_tree_levels_match_committed_path(target):

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cache import extend_key_values
+from ..drafting import block_causal_mask, row_local_mask
 from ..modeling_eagle3 import Eagle3Drafter
 from ..modeling_specblock import SpecBlockDrafter
 
@@ -141,9 +142,6 @@ def specblock_loss(drafter: SpecBlockDrafter, batch: dict, signals: TargetSignal
     positions = torch.arange(n, device=device)
     slots = torch.arange(K, device=device)
     query_position, query_slot = positions.repeat_interleave(K), slots.repeat(n)  # (n*K,), row-major (i, k)
-    same_position = query_position[:, None] == query_position[None, :]  # (n*K, n*K)
-    slot_causal = query_slot[None, :] <= query_slot[:, None]
-    earlier_position = query_position[None, :] < query_position[:, None]
     slot_positions = (positions[:, None] + 1 + slots).expand(B, n, K)
 
     condition, tokens, offset = features, F.pad(input_ids[:, 1:], (0, 1)), torch.zeros_like(input_ids)
@@ -151,9 +149,8 @@ def specblock_loss(drafter: SpecBlockDrafter, batch: dict, signals: TargetSignal
     draft_total = rank_total = 0.0
     first = None
     for block in range(num_blocks):
-        own = same_position & slot_causal
-        if block == 0:
-            own = own | earlier_position
+        # block 1 sees earlier positions' slots like committed entries; later blocks see only their own position
+        own = block_causal_mask(n, K, device) if block == 0 else row_local_mask(n, K, device)
         mask = torch.cat([v.repeat_interleave(K, dim=1) for v in past_visible] + [own[None].expand(B, -1, -1)], dim=2)
         out = drafter(condition, tokens, slot_positions, mask, past, condition_is_feature=block == 0)
         target_index = positions[None, :, None] + offset[..., None] + 1 + slots  # (B, n, K)
