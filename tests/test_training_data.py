@@ -14,6 +14,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from specblock_hf.models import DEFAULT_TARGET, cache_dir
 from specblock_hf.training.data import (
     SHAREGPT_PACKAGE,
+    RandomWindows,
     TokenizedDataset,
     load_conversation_records,
     load_conversations,
@@ -315,3 +316,41 @@ def test_feature_extraction_resumes_and_refuses_another_dataset(tmp_path):
     assert torch.equal(FeatureShards(tmp_path)[3]["features"], first)
     with pytest.raises(ValueError, match="another dataset"):
         extract_features(target, sequences[:4], tmp_path, [0, 1, 2], batch_size=2, shard_tokens=12)
+
+
+class _Sequences(torch.utils.data.Dataset):
+    """Sequences whose token ids are their positions; assistant tokens from `first_assistant` on."""
+
+    def __init__(self, lengths, first_assistant):
+        self.items = [
+            {"input_ids": torch.arange(n), "loss_mask": torch.arange(n) >= first, "features": torch.randn(n, 3)}
+            for n, first in zip(lengths, first_assistant)
+        ]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+    @property
+    def lengths(self):
+        return [item["input_ids"].shape[0] for item in self.items]
+
+
+def test_random_windows_cut_aligned_windows_near_the_assistant_part():
+    base = _Sequences([10, 100], first_assistant=[4, 60])
+    windows = RandomWindows(base, length=16, seed=0)
+    assert windows.lengths == [10, 16]
+    assert windows[0] is base[0]  # short sequences pass unchanged
+    starts = set()
+    for _ in range(200):
+        item = windows[1]
+        start = int(item["input_ids"][0])
+        assert item["input_ids"].tolist() == list(range(start, start + 16))
+        assert torch.equal(item["features"], base[1]["features"][start : start + 16])  # every key cut alike
+        assert torch.equal(item["loss_mask"], base[1]["loss_mask"][start : start + 16])
+        starts.add(start)
+    assert starts == set(range(60 - 16 // 4, 100 - 16 + 1))  # from 4 tokens before the answer to the end
+    with pytest.raises(ValueError, match="at least 2"):
+        RandomWindows(base, length=1)

@@ -36,7 +36,7 @@ def test_train_cli_writes_a_drafter_that_decodes_losslessly(tiny_world, drafter)
         "output_dir": str(tmp_path / drafter), "drafter": drafter, "target": str(target_dir), "max_length": 64,
         "draft_vocab_size": 32, "drafter_config": {"intermediate_size": 64}, "blocks": 2, "batch_size": 2,
         "max_steps": 4, "warmup_steps": 1, "eval_sequences": 2, "eval_every": 2, "save_every": 2, "log_every": 1,
-        "mixed_precision": "no",
+        "mixed_precision": "no", "train_window": 12 if drafter == "specblock" else None,
     }  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(config))
     main(["train", "--config", str(tmp_path / "config.json")])

@@ -255,6 +255,39 @@ class TokenizedDataset(Dataset):
         return [input_ids[loss_mask] for input_ids, loss_mask in self.sequences]
 
 
+class RandomWindows(Dataset):
+    """
+    Each sequence of `dataset` cut to a random window of at most `length` tokens, drawn anew on every access. The
+    window starts at most `length // 4` tokens before the first assistant token, so it holds mostly supervised
+    tokens. SpecBlock trains K rows per token whose attention grows with the square of the sequence length; the
+    target features were computed on the whole sequence, so a window loses drafter context only.
+    """
+
+    def __init__(self, dataset: Dataset, length: int, seed: int = 0):
+        if length < 2:
+            raise ValueError(f"The window length must be at least 2 tokens, got {length}.")
+        self.dataset, self.length = dataset, length
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [min(length, self.length) for length in self.dataset.lengths]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = self.dataset[index]
+        total = item["input_ids"].shape[0]
+        if total <= self.length:
+            return item
+        first_assistant = int(item["loss_mask"].float().argmax())
+        last_start = total - self.length
+        earliest = min(last_start, max(0, first_assistant - self.length // 4))
+        start = int(torch.randint(earliest, last_start + 1, (1,), generator=self.generator))
+        return {key: value[start : start + self.length] for key, value in item.items()}
+
+
 def pad_collate(batch: list[dict[str, torch.Tensor]], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
     """
     Right-pad per-sequence tensors (all of length `seq_len` along dim 0) to `(batch_size, max_len, ...)`: `input_ids`

@@ -16,6 +16,7 @@ from ..configuration_eagle3 import Eagle3Config
 from ..configuration_specblock import SpecBlockConfig
 from ..modeling_eagle3 import Eagle3Drafter
 from ..modeling_specblock import SpecBlockDrafter
+from .data import RandomWindows
 from .losses import eagle3_loss, specblock_loss, target_signals
 
 
@@ -34,6 +35,8 @@ class TrainConfig:
         drafter_config: overrides of the drafter config (layers, intermediate size, K, ...).
         rank_start_step: the rank loss joins after this many steps.
         eval_sequences: sequences held out (the first ones of the shards) for periodic evaluation.
+        train_window: train on a random window of at most this many tokens per sequence (`data.RandomWindows`);
+            evaluation keeps whole sequences. None trains on whole sequences.
         mixed_precision: accelerate's setting ("bf16" autocasts on CPU and GPU; "no" trains in fp32).
     """
 
@@ -44,6 +47,7 @@ class TrainConfig:
     target: str | None = None
     max_conversations: int | None = None
     max_length: int = 512
+    train_window: int | None = None
     draft_vocab_size: int = 8192
     drafter_config: dict = field(default_factory=dict)
     blocks: int = 3
@@ -88,6 +92,16 @@ def new_drafter(config: TrainConfig, target, used_ids: torch.LongTensor):
     return drafter.bind_target(target)
 
 
+def _length_grouped_sampler(size: int, lengths: list[int] | None, config: TrainConfig):
+    """Random batches of similar lengths (little padding) when the sequence lengths are known, else plain shuffling."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    generator = torch.Generator().manual_seed(config.seed)
+    if lengths is None:
+        return torch.utils.data.RandomSampler(range(size), generator=generator)
+    return LengthGroupedSampler(config.batch_size, lengths=lengths, generator=generator)
+
+
 def _lr_lambda(config: TrainConfig):
     def schedule(step: int) -> float:
         if step < config.warmup_steps:
@@ -112,7 +126,17 @@ class Trainer:
         eval_count = min(config.eval_sequences, max(0, len(dataset) - 1))
         self.eval_set = Subset(dataset, range(eval_count))
         train_set = Subset(dataset, range(eval_count, len(dataset)))
-        loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, collate_fn=collate, drop_last=True)
+        lengths = [dataset.lengths[i] for i in train_set.indices] if hasattr(dataset, "lengths") else None
+        if config.train_window is not None:
+            train_set = RandomWindows(train_set, config.train_window, seed=config.seed)
+            lengths = lengths and [min(length, config.train_window) for length in lengths]
+        loader = DataLoader(
+            train_set,
+            batch_size=config.batch_size,
+            sampler=_length_grouped_sampler(len(train_set), lengths, config),
+            collate_fn=collate,
+            drop_last=True,
+        )
         self.eval_loader = DataLoader(self.eval_set, batch_size=config.batch_size, collate_fn=collate)
         parameters = [p for name, p in drafter.named_parameters() if not name.startswith("embed_tokens")]
         optimizer = torch.optim.AdamW(
