@@ -324,7 +324,7 @@ class _Sequences(torch.utils.data.Dataset):
     def __init__(self, lengths, first_assistant):
         self.items = [
             {"input_ids": torch.arange(n), "loss_mask": torch.arange(n) >= first, "features": torch.randn(n, 3)}
-            for n, first in zip(lengths, first_assistant)
+            for n, first in zip(lengths, first_assistant, strict=True)
         ]
 
     def __len__(self):
