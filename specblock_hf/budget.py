@@ -1,10 +1,10 @@
-"""Cost-aware tree size: measured verify cost on this device x replayed acceptance -> the budget with the most tokens/s.
+"""Cost-aware tree shape: measured costs on this device x replayed acceptance -> the tree with the most tokens/s.
 
-Expected throughput of budget B is tau(B) / (draft + verify(B + 1) + other) per round. verify(N) is measured once per
-device, target and dtype (cached); tau(B) comes from calibration rounds run with a large budget: a node survives a
-budget-B prune exactly when its pruning rank is <= B (`DraftTree.keep_rank`), and ranks grow along any path, so each
-round's accepted length under budget B is the number of its accepted nodes of rank <= B. No extra decoding is needed
-per candidate budget.
+Expected throughput of a tree is tau / (draft + verify(budget + 1) + other) per round. verify(N) is measured once per
+device, target and dtype (cached). For each candidate shape (SpecBlock blocks, EAGLE-3 depth), calibration rounds run
+with a large budget record the drafting time and the acceptance: a node survives a budget-B prune exactly when its
+pruning rank is <= B (`DraftTree.keep_rank`), and ranks grow along any path, so each round's accepted length under
+budget B is the number of its accepted nodes of rank <= B. No extra decoding is needed per candidate budget.
 """
 
 import hashlib
@@ -12,7 +12,7 @@ import itertools
 import json
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ class BudgetChoice:
         tau: replayed mean acceptance length per candidate budget.
         verify_ms: measured verify latency per tree size (nodes including the root).
         draft_ms / other_ms: measured per-round drafter and loop overhead during calibration.
+        shape: the tree-shape fields this choice was calibrated with (e.g. `{"blocks": 1}`); empty if not varied.
     """
 
     budget: int
@@ -38,6 +39,21 @@ class BudgetChoice:
     verify_ms: dict[int, float]
     draft_ms: float
     other_ms: float
+    shape: dict = field(default_factory=dict)
+
+    @property
+    def best_tokens_per_s(self) -> float:
+        return self.expected_tokens_per_s[self.budget]
+
+
+def candidate_shapes(tree_config) -> list[dict]:
+    """
+    Tree shapes calibration compares around `tree_config`: SpecBlock with 1 or 2 blocks (each later block is one more
+    drafter forward), EAGLE-3 with depth 2, 3 or 5 expansion steps (one drafter forward each), plus the given shape.
+    """
+    if hasattr(tree_config, "blocks"):
+        return [{"blocks": blocks} for blocks in sorted({1, 2, tree_config.blocks})]
+    return [{"depth": depth} for depth in sorted({2, 3, 5, tree_config.depth})]
 
 
 def _cache_path(model: PreTrainedModel) -> Path:
@@ -126,27 +142,35 @@ def choose_budget(
 def calibrate_budget(
     model: PreTrainedModel, drafter, prompts: list[torch.LongTensor], tree_config,
     budgets: tuple[int, ...] = (2, 4, 6, 8, 12, 16, 24, 32, 48, 64), max_new_tokens: int = 64,
-) -> tuple[object, BudgetChoice]:  # fmt: skip
+    shapes: list[dict] | None = None,
+) -> tuple[object, BudgetChoice, list[BudgetChoice]]:  # fmt: skip
     """
-    Decode `prompts` (greedy) with the largest budget to record acceptance by pruning rank and per-round costs, then
-    return `tree_config` with the budget that maximises expected tokens/s, and the evidence.
+    For each tree shape, decode `prompts` (greedy) with the largest budget to record acceptance by pruning rank and
+    the per-round costs; return `tree_config` with the shape and budget that maximise expected tokens/s, that choice,
+    and the best choice of every shape (the evidence).
 
     Args:
         model: a target made speculative-aware with `enable(model)`.
         prompts: token ids `(1, n)` each, on the model's device.
-        tree_config: a `SpecBlockTreeConfig` or `Eagle3TreeConfig`; its budget field is replaced.
+        tree_config: a `SpecBlockTreeConfig` or `Eagle3TreeConfig`; its shape and budget fields are replaced.
+        shapes: the field values to compare (default `candidate_shapes(tree_config)`); `[{}]` keeps the shape.
     """
-    field = "budget" if hasattr(tree_config, "budget") else "total_tokens"
-    drafter.tree_config = replace(tree_config, **{field: max(budgets)})
-    keep_ranks, draft_s, other_s, rounds = [], 0.0, 0.0, 0
-    try:
-        for prompt in prompts:
-            model.generate(prompt, do_sample=False, max_new_tokens=max_new_tokens, assistant_model=drafter)
-            stats = drafter.generation_stats
-            keep_ranks += stats.accepted_keep_ranks
-            draft_s, other_s, rounds = draft_s + stats.draft_time, other_s + stats.other_time, rounds + stats.rounds
-    finally:
-        drafter.tree_config = tree_config
+    budget_field = "budget" if hasattr(tree_config, "budget") else "total_tokens"
     verify_ms = measure_verify_ms(model, sizes=tuple(sorted({1, *(b + 1 for b in budgets)})))
-    choice = choose_budget(verify_ms, keep_ranks, 1e3 * draft_s / rounds, 1e3 * other_s / rounds, list(budgets))
-    return replace(tree_config, **{field: choice.budget}), choice
+    choices = []
+    for shape in candidate_shapes(tree_config) if shapes is None else shapes:
+        drafter.tree_config = replace(tree_config, **shape, **{budget_field: max(budgets)})
+        keep_ranks, draft_s, other_s, rounds = [], 0.0, 0.0, 0
+        try:
+            for prompt in prompts:
+                model.generate(prompt, do_sample=False, max_new_tokens=max_new_tokens, assistant_model=drafter)
+                stats = drafter.generation_stats
+                keep_ranks += stats.accepted_keep_ranks
+                draft_s, other_s, rounds = draft_s + stats.draft_time, other_s + stats.other_time, rounds + stats.rounds
+        finally:
+            drafter.tree_config = tree_config
+        choice = choose_budget(verify_ms, keep_ranks, 1e3 * draft_s / rounds, 1e3 * other_s / rounds, list(budgets))
+        choice.shape = shape
+        choices.append(choice)
+    best = max(choices, key=lambda c: c.best_tokens_per_s)
+    return replace(tree_config, **best.shape, **{budget_field: best.budget}), best, choices

@@ -39,7 +39,12 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--drafter", action="append", default=[], help="NAME=PATH of a SpecBlock/EAGLE-3 drafter")
     bench.add_argument("--assistant", default=None, help="a small model for HF assisted generation")
     bench.add_argument("--prompt-lookup", action="store_true", help="add HF prompt lookup decoding")
-    bench.add_argument("--budget", default=None, help='tree budget for our drafters: a number, or "auto"')
+    bench.add_argument(
+        "--budget",
+        default=None,
+        help='tree budget of our drafters: a number or "auto" (calibrated shape and budget); a comma list such as '
+        '"auto,4,8,16" runs each drafter once per budget, as methods NAME[budget]',
+    )
     bench.add_argument("--sample", action="store_true", help="sample at temperature 1 instead of greedy")
     bench.add_argument("--out", required=False, default="benchmarks/results/bench", help="output prefix")
     args = parser.parse_args(argv)

@@ -1,5 +1,6 @@
 """Benchmark runner on a tiny target: every method runs on every prompt, outputs are compared, the table renders."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from specblock_hf.bench.runner import (
     run,
     summarize,
 )
+from specblock_hf.cli import main
 
 PROMPTS = [Prompt(1, "qa", "alpha beta gamma"), Prompt(2, "math", "delta delta omega"), Prompt(3, "qa", "beta beta")]
 
@@ -59,3 +61,24 @@ def test_spec_bench_prompts_by_category():
     spec = load_spec_bench(SPEC_BENCH, per_category=2)
     assert len(spec) == 26 and len({p.category for p in spec}) == 13
     assert len(load_prompts(str(SPEC_BENCH), 8, ["qa", "rag"])) == 16
+
+
+def test_bench_cli_runs_each_budget_as_a_method_and_writes_the_report(tmp_path, monkeypatch):
+    monkeypatch.setattr("specblock_hf.models.cache_dir", lambda: tmp_path / "cache")
+    target_dir, drafter_dir = tmp_path / "target", tmp_path / "drafter"
+    target = make_target("llama")
+    target.save_pretrained(target_dir)
+    make_chatml_tokenizer().save_pretrained(target_dir)
+    make_specblock(target).save_pretrained(drafter_dir)
+    prompts = tmp_path / "questions.jsonl"
+    rows = [{"question_id": i, "category": c, "turns": [t]} for i, (c, t) in enumerate([("qa", "alpha beta"), ("math", "delta omega")])]  # fmt: skip
+    prompts.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    out = tmp_path / "results" / "bench"
+    main(["bench", "--target", str(target_dir), "--prompts", str(prompts), "--per-category", "1", "--dtype", "float32",
+          "--max-new-tokens", "6", "--drafter", f"sb={drafter_dir}", "--budget", "auto,3", "--out", str(out)])  # fmt: skip
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert set(report["summary"]) == {"plain", "sb[auto]", "sb[3]"}
+    assert "sb[auto]: SpecBlockTreeConfig(" in report["header"] and "calibrated" in report["header"]
+    assert all(r["identical"] for r in report["records"])  # fp32: exact
+    assert sum(report["summary"]["sb[3]"]["overall"]["histogram"].values()) > 0
+    assert "Accepted length per round" in out.with_suffix(".md").read_text() and out.with_suffix(".png").is_file()

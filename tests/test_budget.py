@@ -1,7 +1,7 @@
 """Cost-aware tree budget: replayed acceptance, throughput choice, verify-cost measurement and calibration."""
 
 import torch
-from conftest import VOCAB, make_specblock, make_target
+from conftest import VOCAB, make_eagle3, make_specblock, make_target
 
 import specblock_hf
 from specblock_hf.budget import calibrate_budget, choose_budget, measure_verify_ms, replay_tau
@@ -29,14 +29,27 @@ def test_verify_cost_is_measured_per_tree_size_and_cached(tmp_path, monkeypatch)
     assert measure_verify_ms(target, sizes=(1, 8), prefix_length=16) == {1: costs[1], 8: costs[8]}  # from the cache
 
 
-def test_calibration_returns_a_candidate_budget_and_restores_the_config(tmp_path, monkeypatch):
+def test_calibration_picks_a_shape_and_budget_and_restores_the_config(tmp_path, monkeypatch):
     monkeypatch.setattr("specblock_hf.models.cache_dir", lambda: tmp_path)
     target = specblock_hf.enable(make_target("llama"))
     drafter = make_specblock(target)
     base = specblock_hf.SpecBlockTreeConfig(blocks=2, beam=2, budget=10)
     drafter.tree_config = base
     prompts = [torch.randint(3, VOCAB, (1, 12), generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    config, choice = calibrate_budget(target, drafter, prompts, base, budgets=(2, 4, 8), max_new_tokens=12)
-    assert config.budget == choice.budget in (2, 4, 8)
-    assert config.blocks == 2 and drafter.tree_config is base
+    config, choice, choices = calibrate_budget(target, drafter, prompts, base, budgets=(2, 4, 8), max_new_tokens=12)
+    assert [c.shape for c in choices] == [{"blocks": 1}, {"blocks": 2}]
+    assert choice in choices and choice.best_tokens_per_s == max(c.best_tokens_per_s for c in choices)
+    assert config.budget == choice.budget in (2, 4, 8) and config.blocks == choice.shape["blocks"]
+    assert config.beam == 2 and drafter.tree_config is base
     assert set(choice.expected_tokens_per_s) == {2, 4, 8} and choice.draft_ms > 0
+
+
+def test_eagle3_calibration_compares_depths(tmp_path, monkeypatch):
+    monkeypatch.setattr("specblock_hf.models.cache_dir", lambda: tmp_path)
+    target = specblock_hf.enable(make_target("llama"))
+    drafter = make_eagle3(target)
+    base = specblock_hf.Eagle3TreeConfig(top_k=2, depth=3, total_tokens=8)
+    prompt = torch.randint(3, VOCAB, (1, 12), generator=torch.Generator().manual_seed(0))
+    config, choice, choices = calibrate_budget(target, drafter, [prompt], base, budgets=(2, 8), max_new_tokens=8)
+    assert [c.shape for c in choices] == [{"depth": 2}, {"depth": 3}, {"depth": 5}]
+    assert (config.depth, config.total_tokens, config.top_k) == (choice.shape["depth"], choice.budget, 2)

@@ -28,20 +28,17 @@ def run_bench(args, dtype: torch.dtype) -> dict:
     if args.assistant:
         assistant, _ = load_target(args.assistant, dtype=dtype)
         methods["hf_assisted"] = assisted_method(assistant)
-    budgets = {}
+    budget_specs = (args.budget or "").split(",") if args.budget else [None]
+    calibration = [_ids(tokenizer, p.text, target.device) for p in prompts[:: max(1, len(prompts) // 4)][:4]]
+    notes = []
     for item in args.drafter:
         name, path = item.split("=", 1)
         drafter = load_drafter(path, target=target)
-        config = default_tree_config(drafter, target.device)
-        if args.budget == "auto":
-            calibration = [_ids(tokenizer, p.text, target.device) for p in prompts[:: max(1, len(prompts) // 4)][:4]]
-            config, choice = calibrate_budget(target, drafter, calibration, config)
-            budgets[name] = choice
-        elif args.budget is not None:
-            field = "budget" if hasattr(config, "budget") else "total_tokens"
-            config = replace(config, **{field: int(args.budget)})
-        drafter.tree_config = config
-        methods[name] = drafter_method(drafter)
+        for spec in budget_specs:
+            config, note = _tree_config(target, drafter, spec, calibration)
+            label = name if len(budget_specs) == 1 else f"{name}[{spec}]"
+            methods[label] = drafter_method(drafter, config)
+            notes.append(f"{label}: {config}{note}")
     records = run(target, tokenizer, prompts, methods, args.max_new_tokens, do_sample=args.sample)
     summary = summarize(records)
     header = (
@@ -50,14 +47,25 @@ def run_bench(args, dtype: torch.dtype) -> dict:
         f"({args.per_category} per category); {'sampling T=1' if args.sample else 'greedy'}; "
         f"max_new_tokens={args.max_new_tokens}; methods: {', '.join(methods)}; "
         + "; ".join(f"{n}: {p}" for n, p in (i.split("=", 1) for i in args.drafter))
-        + "".join(
-            f"; {n} auto budget {c.budget} (expected tok/s {c.expected_tokens_per_s})" for n, c in budgets.items()
-        )
+        + "".join(f"\n- {note}" for note in notes)
     )
     for path in write_report(args.out, header, summary, records):
         print(f"wrote {path}")
     print(Path(args.out).with_suffix(".md").read_text())
     return summary
+
+
+def _tree_config(target, drafter, spec: str | None, calibration: list[torch.LongTensor]):
+    """The tree shape for budget `spec`: the device default (None), a fixed node budget, or "auto" (calibrated)."""
+    config = default_tree_config(drafter, target.device)
+    if spec is None:
+        return config, ""
+    if spec == "auto":
+        config, _, choices = calibrate_budget(target, drafter, calibration, config)
+        predicted = ", ".join(f"{c.shape} budget {c.budget}: {c.best_tokens_per_s:.1f} tok/s" for c in choices)
+        return config, f" (calibrated; predicted best per shape: {predicted})"
+    field = "budget" if hasattr(config, "budget") else "total_tokens"
+    return replace(config, **{field: int(spec)}), ""
 
 
 def _ids(tokenizer, text: str, device) -> torch.LongTensor:

@@ -1,9 +1,9 @@
 """Side-by-side decoding runs: plain `generate()` and speculative drafters on the same prompts, interleaved."""
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -31,6 +31,7 @@ class Record:
     identical: bool = True
     margin: float | None = None
     near_tie: bool | None = None
+    histogram: dict[int, int] = field(default_factory=dict)  # accepted length (drafts + 1) -> rounds
 
 
 Method = Callable[[PreTrainedModel, torch.LongTensor, dict], tuple[torch.LongTensor, object]]
@@ -59,10 +60,12 @@ def assisted_method(assistant: PreTrainedModel) -> Method:
     return method
 
 
-def drafter_method(drafter) -> Method:
-    """Tree speculation with one of our drafters (the target must be `enable`d)."""
+def drafter_method(drafter, tree_config=None) -> Method:
+    """Tree speculation with one of our drafters (the target must be `enable`d), with its own tree shape if given."""
 
     def method(target, input_ids, settings):
+        if tree_config is not None:
+            drafter.tree_config = tree_config
         return target.generate(input_ids, **settings, assistant_model=drafter), drafter.generation_stats
 
     return method
@@ -110,6 +113,7 @@ def run(
             if stats is not None:
                 record.rounds, record.accepted = stats.rounds, sum(stats.accepted)
                 record.draft_s, record.verify_s, record.other_s = stats.draft_time, stats.verify_time, stats.other_time
+                record.histogram = dict(sorted(Counter(a + 1 for a in stats.accepted).items()))
             records.append(record)
         if not do_sample:
             for record in records[-len(names) :]:
@@ -145,6 +149,7 @@ def summarize(records: list[Record]) -> dict:
             "mismatches": sum(not r.identical for r in group),
             "not_near_ties": sum(r.near_tie is False for r in group),
             "largest_margin": max((abs(r.margin) for r in group if r.margin is not None), default=None),
+            "histogram": dict(sorted(sum((Counter(r.histogram) for r in group), Counter()).items())),
         }
     return summary
 
@@ -168,6 +173,20 @@ def markdown_table(summary: dict) -> str:
                 f"{fmt(row['verify_ms_per_round'], '.1f')} | {fmt(row['draft_share'], '.0%')} | "
                 f"{row['mismatches']} ({fmt(row['largest_margin'], '.3f')}) | {row['not_near_ties']} |"
             )
+    return "\n".join(lines)
+
+
+def histogram_table(summary: dict) -> str:
+    """Accepted length per round (drafts + 1) over all prompts: share of rounds, one row per speculative method."""
+    methods = [m for m, categories in summary.items() if categories["overall"]["histogram"]]
+    if not methods:
+        return ""
+    lengths = sorted({int(n) for m in methods for n in summary[m]["overall"]["histogram"]})
+    lines = ["| method | " + " | ".join(f"τ={n}" for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
+    for method in methods:
+        counts = {int(n): c for n, c in summary[method]["overall"]["histogram"].items()}
+        total = sum(counts.values())
+        lines.append(f"| {method} | " + " | ".join(f"{counts.get(n, 0) / total:.1%}" for n in lengths) + " |")
     return "\n".join(lines)
 
 
