@@ -66,3 +66,18 @@ def test_shipped_drafters_load_and_decode_losslessly():
         drafter = specblock_hf.load_drafter(str(folder), target=target)
         assert torch.equal(target.generate(ids, do_sample=False, max_new_tokens=32, assistant_model=drafter), plain)
         assert drafter.generation_stats.mean_acceptance_length >= 1.0
+
+
+def test_a_gguf_file_path_loads_through_a_cached_conversion(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from specblock_hf.models import _GGUF_FILE, _GGUF_PACKAGE, default_target_path, load_target
+
+    monkeypatch.setattr("specblock_hf.models.cache_dir", lambda: tmp_path)
+    gguf = Path(importlib.util.find_spec(_GGUF_PACKAGE).submodule_search_locations[0]) / _GGUF_FILE
+    target, tokenizer = load_target(str(gguf))
+    assert (tmp_path / gguf.stem / "config.json").is_file() and tokenizer.eos_token is not None
+    reference = load_target(default_target_path())[0]  # converted again from the same file
+    assert all(
+        torch.equal(a, b) for a, b in zip(target.state_dict().values(), reference.state_dict().values(), strict=True)
+    )
