@@ -77,3 +77,18 @@ def test_distill_cli_writes_and_resumes(tiny_world):
     assert len(rows) == 3 and all(row["messages"][-1]["role"] == "assistant" for row in rows)
     main(command)
     assert len(out.read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("drafter", ["specblock", "eagle3"])
+def test_new_drafter_starts_from_the_targets_head_rows_and_final_norm(drafter):
+    from specblock_hf.training.trainer import new_drafter
+
+    target = make_target("llama")
+    target.model.norm.weight.data.uniform_(0.5, 2.0)  # not the all-ones a fresh norm has
+    used = torch.arange(3, 259, 2)[:40]  # 40 target ids of the draft vocabulary
+    config = TrainConfig(data="x", features_dir="x", output_dir="x", drafter=drafter, drafter_config={"intermediate_size": 64})  # fmt: skip
+    model = new_drafter(config, target, used)
+    assert torch.equal(model.lm_head.weight, target.lm_head.weight[used])
+    assert torch.equal(model.norm.weight, target.model.norm.weight)
+    fresh = new_drafter(TrainConfig(**{**config.__dict__, "init_from_target": False}), target, used)
+    assert not torch.equal(fresh.lm_head.weight, target.lm_head.weight[used])
