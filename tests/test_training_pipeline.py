@@ -86,9 +86,9 @@ def test_new_drafter_starts_from_the_targets_head_rows_and_final_norm(drafter):
     target = make_target("llama")
     target.model.norm.weight.data.uniform_(0.5, 2.0)  # not the all-ones a fresh norm has
     used = torch.arange(3, 259, 2)[:40]  # 40 target ids of the draft vocabulary
-    config = TrainConfig(data="x", features_dir="x", output_dir="x", drafter=drafter, drafter_config={"intermediate_size": 64})  # fmt: skip
+    config = TrainConfig(data="x", features_dir="x", output_dir="x", drafter=drafter, drafter_config={"intermediate_size": 64}, init_from_target=True)  # fmt: skip
     model = new_drafter(config, target, used)
     assert torch.equal(model.lm_head.weight, target.lm_head.weight[used])
     assert torch.equal(model.norm.weight, target.model.norm.weight)
-    fresh = new_drafter(TrainConfig(**{**config.__dict__, "init_from_target": False}), target, used)
+    fresh = new_drafter(TrainConfig(**{**config.__dict__, "init_from_target": False}), target, used)  # the default
     assert not torch.equal(fresh.lm_head.weight, target.lm_head.weight[used])

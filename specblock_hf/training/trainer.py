@@ -34,7 +34,8 @@ class TrainConfig:
         blocks: SpecBlock test-time-training blocks (EAGLE-3: training-time-test steps).
         init_from_target: start the drafter's head from the target's output embedding rows of the draft vocabulary
             (and its final norm from the target's, for a plain `RMSNorm`), so that the drafter only has to learn to
-            produce hidden states in the target's output space; few-data CPU runs learn much faster from it.
+            produce hidden states in the target's output space. Off by default: on SmolLM2-135M (lr 1e-3, 600
+            conversations) an EAGLE-3 drafter learned slower from it (train accuracy 0.13 vs 0.18 over steps 40-80).
         drafter_config: overrides of the drafter config (layers, intermediate size, K, ...).
         rank_start_step: the rank loss joins after this many steps.
         eval_sequences: sequences held out (the first ones of the shards) for periodic evaluation.
@@ -52,7 +53,7 @@ class TrainConfig:
     max_length: int = 512
     train_window: int | None = None
     draft_vocab_size: int = 8192
-    init_from_target: bool = True
+    init_from_target: bool = False
     drafter_config: dict = field(default_factory=dict)
     blocks: int = 3
     batch_size: int = 4
