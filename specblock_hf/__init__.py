@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModel
 
+from .adaptation import AdaptationConfig, OnlineAdaptation
 from .auto import load_drafter
 from .candidates_eagle3 import Eagle3CandidateGenerator, Eagle3TreeConfig
 from .candidates_specblock import SpecBlockCandidateGenerator, SpecBlockTreeConfig
@@ -22,12 +23,14 @@ AutoModel.register(Eagle3Config, Eagle3Drafter, exist_ok=True)
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptationConfig",
     "DraftTree",
     "Eagle3CandidateGenerator",
     "Eagle3Config",
     "Eagle3Drafter",
     "Eagle3TreeConfig",
     "GenerationStats",
+    "OnlineAdaptation",
     "SpecBlockCandidateGenerator",
     "SpecBlockConfig",
     "SpecBlockDrafter",

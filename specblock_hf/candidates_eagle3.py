@@ -83,6 +83,7 @@ class Eagle3CandidateGenerator:
         self.cache.append(out.key_values)
         self.root_token = next_tokens[-1:]
         self.root_position = positions[-1:] + 1
+        self.appended_states = out.hidden_states[0, :, None]  # (n, 1, H)
         self.root_hidden = out.hidden_states[0, -1:]  # (1, H)
         self.root_logits = out.logits[0, -1:]  # (1, Vd)
 

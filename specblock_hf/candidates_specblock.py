@@ -112,6 +112,7 @@ class SpecBlockCandidateGenerator:
         self.cache.append(out.key_values)
         self.root_token = next_tokens[-1:]
         self.root_slot_positions = slot_positions[-1]  # later blocks reuse block 1's position ids
+        self.appended_states = out.hidden_states[0]  # (n, K, H)
         self.root_hidden = out.hidden_states[0, -1:]  # (1, K, H)
         self.root_logits = out.logits[0, -1:]  # (1, K, Vd)
         self.root_rank_logits = out.rank_logits[0, -1:]

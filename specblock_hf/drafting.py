@@ -14,7 +14,14 @@ class CandidateTreeGenerator(Protocol):
     The data path is one-directional: `append` the entries the target just verified, then `propose` the next tree.
     Entry alignment is the training one (SPEC §5): entry `i` pairs the target features of token `t_i` with the next
     token `t_{i+1}`; the last appended entry's next token is the root of the next tree.
+
+    Attributes:
+        appended_states (`torch.Tensor` of shape `(num_entries, slots, hidden_size)`): after `append`, the drafter's
+            pre-norm state of each slot of each appended entry (slot k predicts token `t_{i+k+2}`; EAGLE-3 has one
+            slot). Online adaptation learns from them.
     """
+
+    appended_states: torch.Tensor
 
     def append(self, features: torch.Tensor, next_tokens: torch.LongTensor, positions: torch.LongTensor) -> None:
         """

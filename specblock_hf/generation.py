@@ -7,6 +7,7 @@ from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, Pr
 from transformers.generation.streamers import BaseStreamer
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from .adaptation import resolve_adaptation
 from .cache import commit_target_cache
 from .candidates_eagle3 import Eagle3CandidateGenerator, Eagle3TreeConfig
 from .candidates_specblock import SpecBlockCandidateGenerator, SpecBlockTreeConfig
@@ -68,6 +69,7 @@ def speculative_decode(
     streamer: BaseStreamer | None = None,
     tree_config: TreeConfig | None = None,
     generator: torch.Generator | None = None,
+    adaptation=None,
     **model_kwargs,
 ) -> GenerateDecoderOnlyOutput | torch.LongTensor:
     """
@@ -79,6 +81,8 @@ def speculative_decode(
 
     Args:
         input_ids (`torch.LongTensor` of shape `(1, prompt_len)`): the prompt, possibly left-padded.
+        adaptation: online adaptation of the drafter for this call (see `adaptation.resolve_adaptation`): None uses
+            `drafter.adaptation` if set, False none, "bandit" / "always" / an `AdaptationConfig` the drafter's own.
         model_kwargs: what `generate()` prepared: `attention_mask`, `position_ids`, `past_key_values`.
     """
     _check_request(model, input_ids, generation_config)
@@ -86,6 +90,10 @@ def speculative_decode(
     device = input_ids.device
     tree_config = tree_config or getattr(drafter, "tree_config", None) or default_tree_config(drafter, device)
     candidates = candidate_generator_for(drafter, tree_config)
+    adaptation = resolve_adaptation(drafter, adaptation)
+    if adaptation is not None:
+        max_new = generation_config.max_new_tokens or generation_config.max_length - input_ids.shape[1]
+        adaptation.begin(prompt_length=input_ids.shape[1], max_new_tokens=max_new)
     cache = _fresh_cache(model, model_kwargs.get("past_key_values"))
     prefix_mask, position_ids = _prompt_layout(
         input_ids, model_kwargs.get("attention_mask"), model_kwargs.get("position_ids")
@@ -107,6 +115,7 @@ def speculative_decode(
         # prefill entries pair each prompt position with the token after it, the last with the first new token
         real = slice(None) if prefix_mask is None else prefix_mask
         features, next_tokens, positions = tap.features()[real], result.input_ids[0, 1:][real], position_ids[0][real]
+        entry_indices = torch.arange(input_ids.shape[1], device=device)[real]  # sequence index of each entry's token
         while True:
             input_ids = result.input_ids
             scores += result.scores
@@ -116,6 +125,8 @@ def speculative_decode(
                 break
             with stats.timed("draft", device):
                 candidates.append(features, next_tokens, positions)
+                if adaptation is not None:
+                    adaptation.observe(candidates.appended_states, entry_indices)
                 tree = candidates.propose()
             with stats.timed("verify", device):
                 root_position = positions[-1] + 1
@@ -133,7 +144,14 @@ def speculative_decode(
                 stats.accepted_keep_ranks.append(tree.keep_rank[result.path[1:]].tolist())
             features, next_tokens = tap.features()[result.path], result.emitted
             positions = root_position + torch.arange(result.path.shape[0], device=device)
+            entry_indices = input_ids.shape[1] - 1 + torch.arange(result.path.shape[0], device=device)
+            if adaptation is not None:
+                with stats.timed("adapt", device):
+                    adaptation.after_round(result.input_ids[0], stats.accepted[-1], result.emitted.shape[0])
 
+    if adaptation is not None:
+        with stats.timed("adapt", device):
+            adaptation.end(input_ids[0])
     if streamer is not None:
         streamer.end()
     stats.finish(new_tokens=len(scores))

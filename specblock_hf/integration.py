@@ -12,17 +12,29 @@ class SpecBlockGenerationMixin:
     """
     Added to a target's class by `enable(model)`: `generate(..., assistant_model=drafter)` decodes with tree
     speculation when `drafter` is a SpecBlock or EAGLE-3 drafter, and exactly as before for any other assistant.
-    Set `drafter.tree_config` to fix the tree shape.
+    Set `drafter.tree_config` to fix the tree shape; `adaptation=` (a mode, an `AdaptationConfig` or False) sets
+    online adaptation for one call.
     """
 
-    def generate(self, *args, assistant_model=None, **kwargs):
-        if isinstance(assistant_model, DrafterPreTrainedModel):
-            prepare_drafter(self, assistant_model)  # clear shape errors before generate()'s own assistant checks
-            generation_config = kwargs.get("generation_config") or self.generation_config
-            num_beams = kwargs.get("num_beams") or generation_config.num_beams or 1
-            if num_beams != 1:  # generate() would quietly run plain beam search without the drafter
-                raise ValueError(f"Speculative decoding does not do beam search; got num_beams={num_beams}.")
-        return super().generate(*args, assistant_model=assistant_model, **kwargs)
+    def generate(self, *args, assistant_model=None, adaptation=None, **kwargs):
+        if not isinstance(assistant_model, DrafterPreTrainedModel):
+            if adaptation is not None:
+                if kwargs.get("custom_generate") is None:
+                    raise ValueError(
+                        "adaptation= applies to SpecBlock / EAGLE-3 drafters (assistant_model= or drafter=) only."
+                    )
+                kwargs["adaptation"] = adaptation  # for a custom decoding function such as specblock_hf.generate
+            return super().generate(*args, assistant_model=assistant_model, **kwargs)
+        prepare_drafter(self, assistant_model)  # clear shape errors before generate()'s own assistant checks
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        num_beams = kwargs.get("num_beams") or generation_config.num_beams or 1
+        if num_beams != 1:  # generate() would quietly run plain beam search without the drafter
+            raise ValueError(f"Speculative decoding does not do beam search; got num_beams={num_beams}.")
+        self._specblock_adaptation = adaptation  # generate() would reject an unknown keyword on its way down
+        try:
+            return super().generate(*args, assistant_model=assistant_model, **kwargs)
+        finally:
+            del self._specblock_adaptation
 
     def _assisted_decoding(
         self,
@@ -48,7 +60,7 @@ class SpecBlockGenerationMixin:
             raise ValueError("Speculative tree decoding does not support synced_gpus (DeepSpeed ZeRO-3 / FSDP) yet.")
         return speculative_decode(
             self, input_ids, assistant_model, logits_processor, stopping_criteria, generation_config,
-            streamer=streamer, **model_kwargs,
+            streamer=streamer, adaptation=getattr(self, "_specblock_adaptation", None), **model_kwargs,
         )  # fmt: skip
 
 
@@ -87,6 +99,7 @@ def generate(
     tree_config: TreeConfig | None = None,
     text_streamer: BaseStreamer | None = None,
     generator: torch.Generator | None = None,
+    adaptation=None,
     **model_kwargs,
 ) -> torch.LongTensor:
     """
@@ -95,7 +108,8 @@ def generate(
     `generate()` drops `assistant_model`, `streamer` and `tokenizer` before calling a custom decoding function, so this
     door takes `drafter=` and `text_streamer=` instead, and stop strings come as
     `stopping_criteria=[StopStringCriteria(tokenizer, stop_strings)]`; `tree_config=` fixes the tree shape and
-    `generator=` seeds sampling. (The `enable(model)` door and the Hub recipe take the usual names.)
+    `generator=` seeds sampling; `adaptation=` sets online adaptation for the call. (The `enable(model)` door and the
+    Hub recipe take the usual names.)
     """
     if drafter is None:
         raise ValueError(
@@ -105,5 +119,5 @@ def generate(
         text_streamer.put(input_ids.cpu())
     return speculative_decode(
         model, input_ids, drafter, logits_processor, stopping_criteria, generation_config, streamer=text_streamer,
-        tree_config=tree_config, generator=generator, **model_kwargs,
+        tree_config=tree_config, generator=generator, adaptation=adaptation, **model_kwargs,
     )  # fmt: skip

@@ -18,6 +18,7 @@ class GenerationStats:
         accepted_keep_ranks: per round, the pruning ranks of the accepted draft nodes (see `DraftTree.keep_rank`).
         draft_time: seconds in drafter forwards and tree growth (committing entries + proposing trees).
         verify_time: seconds in target forwards over trees (the prefill is counted in `prefill_time`).
+        adapt_time: seconds in online adaptation between rounds (labelling rows, deciding, updating).
         total_time: seconds of the whole call, prefill included.
     """
 
@@ -27,6 +28,7 @@ class GenerationStats:
     prefill_time: float = 0.0
     draft_time: float = 0.0
     verify_time: float = 0.0
+    adapt_time: float = 0.0
     total_time: float = 0.0
     started: float = field(default_factory=time.perf_counter, repr=False)
 
@@ -60,7 +62,7 @@ class GenerationStats:
     @property
     def other_time(self) -> float:
         """Decode-loop time outside drafter and target forwards: masks, acceptance, cache commits, Python."""
-        return self.total_time - self.prefill_time - self.draft_time - self.verify_time
+        return self.total_time - self.prefill_time - self.draft_time - self.verify_time - self.adapt_time
 
     def summary(self) -> str:
         loop = max(self.total_time - self.prefill_time, 1e-9)
@@ -70,4 +72,5 @@ class GenerationStats:
             f"{1e3 * self.draft_time / max(self.rounds, 1):.1f} ms ({100 * self.draft_time / loop:.0f}%), verify "
             f"{1e3 * self.verify_time / max(self.rounds, 1):.1f} ms ({100 * self.verify_time / loop:.0f}%), other "
             f"{1e3 * self.other_time / max(self.rounds, 1):.1f} ms ({100 * self.other_time / loop:.0f}%)"
+            + (f", adapt {1e3 * self.adapt_time / max(self.rounds, 1):.1f} ms" if self.adapt_time else "")
         )

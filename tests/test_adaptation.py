@@ -1,0 +1,194 @@
+"""Online adaptation (SPEC §8): rows and labels, the update, the bandit's decisions, rollback, and losslessness."""
+
+import pytest
+import torch
+from conftest import FAMILIES, VOCAB, make_eagle3, make_specblock, make_target
+from scipy.stats import chisquare
+
+import specblock_hf
+from specblock_hf import AdaptationConfig, OnlineAdaptation
+
+# adapt as often and as hard as possible, so that drafts change between rounds
+EAGER = AdaptationConfig(mode="always", check_every=1, min_new_rows=1, steps=4, learning_rate=0.5, weight_decay=0.0)
+
+
+def _states(n, K, hidden=64, seed=0):
+    return torch.randn(n, K, hidden, generator=torch.Generator().manual_seed(seed))
+
+
+def test_slot_k_of_entry_t_is_labelled_by_token_t_plus_k_plus_2():
+    drafter = make_specblock(make_target("llama"))  # K = 4
+    adaptation = OnlineAdaptation(drafter)
+    in_vocab = drafter.draft_to_target(torch.arange(drafter.config.draft_vocab_size))
+    sequence = in_vocab[torch.arange(20) % 50]  # every token is in the draft vocabulary
+    sequence[13] = int((~drafter.t2d).nonzero()[0])  # ... but this one
+    adaptation.begin(prompt_length=8, max_new_tokens=32)
+    adaptation.observe(_states(4, 4), torch.tensor([5, 6, 7, 8]))
+    adaptation._label(sequence[:12])  # entries 5 and 6 have all labels (up to index 11); 7 and 8 wait
+    expected = [(t, k) for t in (5, 6) for k in range(4) if 8 <= t + k + 2 < 12]  # prompt labels skipped
+    assert adaptation.filled == len(expected) == 7
+    labels = adaptation.labels[: adaptation.filled]
+    assert drafter.draft_to_target(labels).tolist() == [int(sequence[t + k + 2]) for t, k in expected]
+    assert adaptation.slots[: adaptation.filled].tolist() == [k for _, k in expected]
+    normed = drafter.norm(_states(4, 4)).float()
+    assert torch.equal(adaptation.states[0], normed[0, 1])  # entry 5, slot 1 -> token 8
+    adaptation._label(sequence, final=True)  # the rest, without index 13 (not in the draft vocabulary)
+    assert adaptation.filled == 7 + 4 + 4 - 1 and not adaptation._call["pending"]
+
+
+def test_buffer_keeps_the_newest_rows():
+    drafter = make_eagle3(make_target("llama"))
+    adaptation = OnlineAdaptation(drafter, AdaptationConfig(buffer_rows=6))
+    for step in range(3):
+        adaptation._push(torch.full((4, 64), float(step)), torch.arange(4), torch.zeros(4, dtype=torch.long))
+    assert adaptation.filled == 6 and sorted(adaptation.order.tolist()) == list(range(6, 12))
+    assert sorted(adaptation.states[:, 0].tolist()) == [1.0, 1.0, 2.0, 2.0, 2.0, 2.0]
+
+
+def _fill(adaptation, labels_for, rows=200, seed=0):
+    """Rows whose labels `labels_for(states)` picks (slot 0)."""
+    states = torch.randn(rows, adaptation.states.shape[1], generator=torch.Generator().manual_seed(seed))
+    adaptation._push(states, labels_for(states), torch.zeros(rows, dtype=torch.long))
+
+
+def _ready(adaptation, tau_rounds=(1,) * 8):
+    adaptation.begin(prompt_length=4, max_new_tokens=128)
+    adaptation.round_seconds = 0.05
+    adaptation.recent_rounds.extend(tau_rounds)
+
+
+def test_bandit_does_not_update_at_the_ceiling():
+    drafter = make_specblock(make_target("llama"))
+    adaptation = OnlineAdaptation(drafter, AdaptationConfig(min_new_rows=1))
+    _ready(adaptation)
+    _fill(adaptation, lambda s: (s @ adaptation._head().T).argmax(-1))  # the head is already always right
+    adaptation._decide()
+    assert adaptation.stats.skipped == {"at ceiling": 1} and adaptation.stats.updates == 0
+
+
+def test_bandit_updates_only_when_the_gain_pays_for_the_cost():
+    drafter = make_specblock(make_target("llama"))
+    pristine = drafter.lm_head.weight.detach().clone()
+    target_head = torch.randn(pristine.shape, generator=torch.Generator().manual_seed(3))  # labels another head picks
+    config = AdaptationConfig(min_new_rows=1, horizon_tokens=0, learning_rate=0.05)
+    adaptation = OnlineAdaptation(drafter, config)
+    _ready(adaptation)
+    adaptation._call["generated"] = 128  # nothing left to serve: no gain can pay
+    _fill(adaptation, lambda s: (s @ target_head.T).argmax(-1), rows=1000)
+    adaptation._decide()
+    assert adaptation.stats.skipped == {"gain below cost": 1} and torch.equal(drafter.lm_head.weight, pristine)
+
+    adaptation.config = AdaptationConfig(min_new_rows=1, horizon_tokens=100_000, learning_rate=0.05)  # a long stream
+    adaptation._decide()
+    assert adaptation.stats.updates == 1 and not torch.equal(drafter.lm_head.weight, pristine)
+    assert adaptation.stats.predicted_gain[0] > 0 and adaptation.cost_estimate > 0
+
+
+def test_an_update_that_hurts_held_out_rows_is_rolled_back():
+    drafter = make_specblock(make_target("llama"))
+    pristine = drafter.lm_head.weight.detach().clone()
+    adaptation = OnlineAdaptation(drafter, AdaptationConfig(min_new_rows=1, learning_rate=0.5, horizon_tokens=10**6))
+    _ready(adaptation)
+    noise = torch.Generator().manual_seed(1)
+    _fill(adaptation, lambda s: torch.randint(0, 128, (s.shape[0],), generator=noise), rows=400)  # training rows
+    _fill(adaptation, lambda s: (s @ adaptation._head().T).argmax(-1), rows=60, seed=2)  # newest: right as is
+    adaptation._decide()
+    assert adaptation.stats.rollbacks == 1 and adaptation.stats.updates == 0
+    assert torch.equal(drafter.lm_head.weight, pristine) and not adaptation.delta.any()
+
+
+def test_an_update_followed_by_lower_tau_is_rolled_back():
+    drafter = make_specblock(make_target("llama"))
+    pristine = drafter.lm_head.weight.detach().clone()
+    config = AdaptationConfig(rollback_window=4, rollback_margin=0.1)
+    adaptation = OnlineAdaptation(drafter, config)
+    with torch.no_grad():
+        adaptation.delta += 0.1
+    adaptation._write_head()
+    adaptation.watch = {"tau_before": 3.0, "after": [], "snapshot": torch.zeros_like(adaptation.delta)}
+    for _ in range(4):
+        adaptation._judge_last_update(accepted=0)  # tau 1 after the update, 3 before
+    assert adaptation.stats.rollbacks == 1 and torch.equal(drafter.lm_head.weight, pristine)
+
+
+def test_reset_detach_save_and_load(tmp_path):
+    drafter = make_eagle3(make_target("llama"))
+    pristine = drafter.lm_head.weight.detach().clone()
+    adaptation = specblock_hf.adaptation.resolve_adaptation(drafter, "bandit")
+    assert drafter.adaptation is adaptation
+    with torch.no_grad():
+        adaptation.delta += 0.25
+    adaptation._write_head()
+    adaptation.save(tmp_path / "delta.safetensors")
+    adaptation.reset()
+    assert torch.equal(drafter.lm_head.weight, pristine) and adaptation.filled == 0
+    adaptation.load(tmp_path / "delta.safetensors")
+    assert torch.allclose(drafter.lm_head.weight.float(), pristine.float() + 0.25)
+    adaptation.detach()
+    assert torch.equal(drafter.lm_head.weight, pristine) and drafter.adaptation is None
+    with pytest.raises(ValueError, match="mode must be one of"):
+        AdaptationConfig(mode="sometimes")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_output_is_unchanged_while_the_drafter_adapts(family):
+    target = specblock_hf.enable(make_target(family))
+    rng = torch.Generator().manual_seed(7)
+    for drafter in (make_specblock(target), make_eagle3(target)):
+        pristine = drafter.lm_head.weight.detach().clone()
+        drafter.tree_config = (
+            specblock_hf.SpecBlockTreeConfig(blocks=2, beam=3, budget=12)
+            if isinstance(drafter, specblock_hf.SpecBlockDrafter)
+            else specblock_hf.Eagle3TreeConfig(top_k=3, depth=3, total_tokens=12)
+        )
+        for call in range(6):
+            prompt = torch.randint(3, VOCAB, (1, int(torch.randint(4, 20, (1,), generator=rng))), generator=rng)
+            settings = {"do_sample": False, "max_new_tokens": 40, "eos_token_id": None}
+            expected = target.generate(prompt, **settings)
+            if call % 2:
+                out = target.generate(prompt, **settings, assistant_model=drafter, adaptation=EAGER)
+            else:
+                out = target.generate(
+                    prompt, **settings, custom_generate=specblock_hf.generate, drafter=drafter, adaptation=EAGER
+                )
+            assert torch.equal(out, expected), (family, type(drafter).__name__, call)
+        stats = drafter.adaptation.stats
+        assert stats.updates >= 10 and stats.rows > 50, stats
+        assert drafter.generation_stats.adapt_time > 0
+        assert not torch.equal(drafter.lm_head.weight, pristine)  # the drafts really came from a changing head
+
+
+def test_adaptation_keyword_needs_one_of_our_drafters():
+    target = specblock_hf.enable(make_target("llama"))
+    with pytest.raises(ValueError, match="adaptation= applies to SpecBlock"):
+        target.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2, adaptation="bandit")
+
+
+def test_sampling_keeps_the_target_distribution_while_the_drafter_adapts():
+    """First two tokens of 3,000 sampled calls, the head updated between rounds and calls: chi-square vs the exact joint."""
+    torch.set_num_threads(1)
+    target = specblock_hf.enable(make_target("llama", seed=5))
+    target.lm_head.weight.data *= 3  # a peaked target: few enough joint cells for a chi-square
+    drafter = make_specblock(target)
+    drafter.tree_config = specblock_hf.SpecBlockTreeConfig(blocks=2, beam=3, budget=12)
+    prefix = torch.randint(3, VOCAB, (1, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        first = torch.softmax(target(prefix).logits[0, -1], -1)
+        extended = torch.cat([prefix.expand(VOCAB, -1), torch.arange(VOCAB)[:, None]], dim=1)
+        second = torch.softmax(target(extended).logits[:, -1], -1)
+    joint = (first[:, None] * second).flatten()
+    draws, counts = 3000, torch.zeros(VOCAB * VOCAB)
+    torch.manual_seed(3)
+    for _ in range(draws):
+        out = target.generate(
+            prefix, do_sample=True, top_k=0, max_new_tokens=2, eos_token_id=None, assistant_model=drafter,
+            adaptation=EAGER,
+        )  # fmt: skip
+        counts[int(out[0, -2]) * VOCAB + int(out[0, -1])] += 1
+    assert drafter.adaptation.stats.updates > 100
+    expected = joint * draws
+    big = expected >= 5
+    observed = torch.cat([counts[big], counts[~big].sum()[None]]).double()
+    predicted = torch.cat([expected[big], expected[~big].sum()[None]]).double()
+    p_value = chisquare(observed.numpy(), (predicted * observed.sum() / predicted.sum()).numpy()).pvalue
+    assert p_value > 0.001, p_value
