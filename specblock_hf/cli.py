@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> None:
         help='tree budget of our drafters: a number or "auto" (calibrated shape and budget); a comma list such as '
         '"auto,4,8,16" runs each drafter once per budget, as methods NAME[budget]',
     )
+    bench.add_argument(
+        "--adapt",
+        default=None,
+        help='online adaptation of our drafters: "off", "always", "bandit", or a comma list such as '
+        '"off,always,bandit" (one method per mode, each adapting its own copy from prompt to prompt)',
+    )
     bench.add_argument("--sample", action="store_true", help="sample at temperature 1 instead of greedy")
     bench.add_argument("--out", required=False, default="benchmarks/results/bench", help="output prefix")
     args = parser.parse_args(argv)

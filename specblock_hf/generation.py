@@ -94,6 +94,7 @@ def speculative_decode(
     if adaptation is not None:
         max_new = generation_config.max_new_tokens or generation_config.max_length - input_ids.shape[1]
         adaptation.begin(prompt_length=input_ids.shape[1], max_new_tokens=max_new)
+        updates_before = adaptation.stats.updates
     cache = _fresh_cache(model, model_kwargs.get("past_key_values"))
     prefix_mask, position_ids = _prompt_layout(
         input_ids, model_kwargs.get("attention_mask"), model_kwargs.get("position_ids")
@@ -152,6 +153,7 @@ def speculative_decode(
     if adaptation is not None:
         with stats.timed("adapt", device):
             adaptation.end(input_ids[0])
+        stats.adaptation_updates = adaptation.stats.updates - updates_before
     if streamer is not None:
         streamer.end()
     stats.finish(new_tokens=len(scores))

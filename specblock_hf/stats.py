@@ -19,6 +19,7 @@ class GenerationStats:
         draft_time: seconds in drafter forwards and tree growth (committing entries + proposing trees).
         verify_time: seconds in target forwards over trees (the prefill is counted in `prefill_time`).
         adapt_time: seconds in online adaptation between rounds (labelling rows, deciding, updating).
+        adaptation_updates: drafter updates online adaptation kept during this call.
         total_time: seconds of the whole call, prefill included.
     """
 
@@ -29,6 +30,7 @@ class GenerationStats:
     draft_time: float = 0.0
     verify_time: float = 0.0
     adapt_time: float = 0.0
+    adaptation_updates: int = 0
     total_time: float = 0.0
     started: float = field(default_factory=time.perf_counter, repr=False)
 

@@ -78,7 +78,32 @@ def test_bench_cli_runs_each_budget_as_a_method_and_writes_the_report(tmp_path, 
           "--max-new-tokens", "6", "--drafter", f"sb={drafter_dir}", "--budget", "auto,3", "--out", str(out)])  # fmt: skip
     report = json.loads(out.with_suffix(".json").read_text())
     assert set(report["summary"]) == {"plain", "sb[auto]", "sb[3]"}
+    assert report["summary"]["sb[3]"]["overall"]["updates"] == 0
     assert "sb[auto]: SpecBlockTreeConfig(" in report["header"] and "calibrated" in report["header"]
     assert all(r["identical"] for r in report["records"])  # fp32: exact
     assert sum(report["summary"]["sb[3]"]["overall"]["histogram"].values()) > 0
     assert "Accepted length per round" in out.with_suffix(".md").read_text() and out.with_suffix(".png").is_file()
+
+
+def test_bench_adaptation_modes_adapt_their_own_drafter_copies(tmp_path, monkeypatch):
+    monkeypatch.setattr("specblock_hf.models.cache_dir", lambda: tmp_path / "cache")
+    target_dir, drafter_dir = tmp_path / "target", tmp_path / "drafter"
+    target = make_target("llama")
+    target.save_pretrained(target_dir)
+    make_chatml_tokenizer().save_pretrained(target_dir)
+    make_specblock(target).save_pretrained(drafter_dir)
+    prompts = tmp_path / "questions.jsonl"
+    prompts.write_text("".join(json.dumps({"question_id": i, "category": "qa", "turns": [t]}) + "\n" for i, t in enumerate(["alpha beta", "beta gamma", "delta"])))  # fmt: skip
+    out = tmp_path / "bench"
+    main(["bench", "--target", str(target_dir), "--prompts", str(prompts), "--per-category", "3", "--dtype", "float32",
+          "--max-new-tokens", "24", "--drafter", f"sb={drafter_dir}", "--budget", "8", "--adapt", "off,always",
+          "--out", str(out)])  # fmt: skip
+    report = json.loads(out.with_suffix(".json").read_text())
+    summary = report["summary"]
+    assert set(summary) == {"plain", "sb[adapt=off]", "sb[adapt=always]"}
+    assert (
+        summary["sb[adapt=off]"]["overall"]["updates"] == 0
+        and summary["sb[adapt=off]"]["overall"]["adapt_ms_per_round"] == 0
+    )
+    assert summary["sb[adapt=always]"]["overall"]["adapt_ms_per_round"] > 0
+    assert all(r["identical"] for r in report["records"])

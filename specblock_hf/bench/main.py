@@ -29,6 +29,7 @@ def run_bench(args, dtype: torch.dtype) -> dict:
         assistant, _ = load_target(args.assistant, dtype=dtype)
         methods["hf_assisted"] = assisted_method(assistant)
     budget_specs = (args.budget or "").split(",") if args.budget else [None]
+    adapt_modes = args.adapt.split(",") if args.adapt else ["off"]
     calibration = [_ids(tokenizer, p.text, target.device) for p in prompts[:: max(1, len(prompts) // 4)][:4]]
     notes = []
     for item in args.drafter:
@@ -36,9 +37,13 @@ def run_bench(args, dtype: torch.dtype) -> dict:
         drafter = load_drafter(path, target=target)
         for spec in budget_specs:
             config, note = _tree_config(target, drafter, spec, calibration)
-            label = name if len(budget_specs) == 1 else f"{name}[{spec}]"
-            methods[label] = drafter_method(drafter, config)
-            notes.append(f"{label}: {config}{note}")
+            for mode in adapt_modes:
+                # each adaptation mode adapts its own copy of the drafter, from prompt to prompt
+                copy = drafter if mode == "off" else load_drafter(path, target=target)
+                tags = ([spec] if len(budget_specs) > 1 else []) + ([f"adapt={mode}"] if len(adapt_modes) > 1 else [])
+                label = f"{name}[{','.join(tags)}]" if tags else name
+                methods[label] = drafter_method(copy, config, adaptation=False if mode == "off" else mode)
+                notes.append(f"{label}: {config}{note}")
     records = run(target, tokenizer, prompts, methods, args.max_new_tokens, do_sample=args.sample)
     summary = summarize(records)
     header = (

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from .runner import Record, histogram_table, markdown_table, records_as_dicts
+from .runner import Record, adaptation_table, histogram_table, markdown_table, records_as_dicts
 
 
 def write_report(prefix: str | Path, header: str, summary: dict, records: list[Record]) -> list[Path]:
@@ -14,6 +14,9 @@ def write_report(prefix: str | Path, header: str, summary: dict, records: list[R
     histogram = histogram_table(summary)
     if histogram:
         table += f"\n\nAccepted length per round (share of rounds, all prompts):\n\n{histogram}"
+    adaptation = adaptation_table(summary)
+    if adaptation:
+        table += f"\n\nOnline adaptation (all prompts):\n\n{adaptation}"
     paths = [prefix.with_suffix(".json"), prefix.with_suffix(".md"), prefix.with_suffix(".png")]
     paths[0].write_text(
         json.dumps({"header": header, "summary": summary, "records": records_as_dicts(records)}, indent=2)

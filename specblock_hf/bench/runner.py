@@ -32,6 +32,8 @@ class Record:
     margin: float | None = None
     near_tie: bool | None = None
     histogram: dict[int, int] = field(default_factory=dict)  # accepted length (drafts + 1) -> rounds
+    adapt_s: float = 0.0
+    updates: int = 0  # adaptation updates kept during this call
 
 
 Method = Callable[[PreTrainedModel, torch.LongTensor, dict], tuple[torch.LongTensor, object]]
@@ -60,13 +62,17 @@ def assisted_method(assistant: PreTrainedModel) -> Method:
     return method
 
 
-def drafter_method(drafter, tree_config=None) -> Method:
-    """Tree speculation with one of our drafters (the target must be `enable`d), with its own tree shape if given."""
+def drafter_method(drafter, tree_config=None, adaptation=False) -> Method:
+    """
+    Tree speculation with one of our drafters (the target must be `enable`d), with its own tree shape if given, and
+    online adaptation ("bandit", "always", an `AdaptationConfig`; False for none) that persists from prompt to prompt.
+    """
 
     def method(target, input_ids, settings):
         if tree_config is not None:
             drafter.tree_config = tree_config
-        return target.generate(input_ids, **settings, assistant_model=drafter), drafter.generation_stats
+        output = target.generate(input_ids, **settings, assistant_model=drafter, adaptation=adaptation)
+        return output, drafter.generation_stats
 
     return method
 
@@ -114,6 +120,7 @@ def run(
                 record.rounds, record.accepted = stats.rounds, sum(stats.accepted)
                 record.draft_s, record.verify_s, record.other_s = stats.draft_time, stats.verify_time, stats.other_time
                 record.histogram = dict(sorted(Counter(a + 1 for a in stats.accepted).items()))
+                record.adapt_s, record.updates = stats.adapt_time, stats.adaptation_updates
             records.append(record)
         if not do_sample:
             for record in records[-len(names) :]:
@@ -150,6 +157,8 @@ def summarize(records: list[Record]) -> dict:
             "not_near_ties": sum(r.near_tie is False for r in group),
             "largest_margin": max((abs(r.margin) for r in group if r.margin is not None), default=None),
             "histogram": dict(sorted(sum((Counter(r.histogram) for r in group), Counter()).items())),
+            "adapt_ms_per_round": 1e3 * sum(r.adapt_s for r in group) / rounds if rounds else None,
+            "updates": sum(r.updates for r in group),
         }
     return summary
 
@@ -187,6 +196,20 @@ def histogram_table(summary: dict) -> str:
         counts = {int(n): c for n, c in summary[method]["overall"]["histogram"].items()}
         total = sum(counts.values())
         lines.append(f"| {method} | " + " | ".join(f"{counts.get(n, 0) / total:.1%}" for n in lengths) + " |")
+    return "\n".join(lines)
+
+
+def adaptation_table(summary: dict) -> str:
+    """Updates made and time spent adapting, for methods that adapted (empty when none did)."""
+    rows = [(m, c["overall"]) for m, c in summary.items() if c["overall"].get("adapt_ms_per_round")]
+    if not rows:
+        return ""
+    lines = ["| method | tok/s | speedup | τ | updates | adapt ms/round |", "|---|---|---|---|---|---|"]
+    for method, row in rows:
+        lines.append(
+            f"| {method} | {row['tokens_per_s']:.1f} | {row['speedup']:.2f}x | {row['tau']:.2f} | {row['updates']} | "
+            f"{row['adapt_ms_per_round']:.2f} |"
+        )
     return "\n".join(lines)
 
 
