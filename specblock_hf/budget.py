@@ -60,7 +60,8 @@ def _cache_path(model: PreTrainedModel) -> Path:
     from .models import cache_dir
 
     device = model.device
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    # a CPU forward's cost depends on the threads it may use
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{torch.get_num_threads()}-threads"
     key = json.dumps([name, str(model.dtype), model.config.to_json_string(use_diff=False)], sort_keys=True)
     return cache_dir() / "verify_cost" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
