@@ -49,8 +49,8 @@ class AdaptationConfig:
 
     mode: str = "bandit"
     buffer_rows: int = 4096
-    steps: int = 8
-    batch_rows: int = 512
+    steps: int = 4
+    batch_rows: int = 256
     learning_rate: float = 3e-3
     weight_decay: float = 1e-2
     check_every: int = 8
