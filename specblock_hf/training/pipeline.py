@@ -19,7 +19,7 @@ tags: [speculative-decoding, {drafter}]
 ---
 # {name}
 
-A {kind} drafter for **{target}**, trained with specblock-hf (`specblock train`).
+{article} {kind} drafter for **{target}**, trained with specblock-hf (`specblock train`).
 
 - Target features: outputs of target layers {layers} (low | mid | high).
 - Draft vocabulary: Vd = {vd} most frequent assistant tokens of the training data; coverage {coverage:.1%}.
@@ -61,7 +61,7 @@ def run_training(config: TrainConfig) -> Path:
     kind = "SpecBlock" if config.drafter == "specblock" else "EAGLE-3"
     drafter_config = trainer.accelerator.unwrap_model(trainer.drafter).config
     card = MODEL_CARD.format(
-        drafter=config.drafter, name=Path(config.output_dir).name, kind=kind,
+        drafter=config.drafter, name=Path(config.output_dir).name, kind=kind, article="An" if kind[0] in "AEIOU" else "A",
         target=config.target or "HuggingFaceTB/SmolLM2-135M-Instruct", layers=layers, vd=config.draft_vocab_size,
         coverage=coverage, architecture=_architecture(drafter_config, config.drafter), sequences=len(dataset),
         tokens=sum(dataset.lengths), assistant_tokens=assistant_tokens, data=config.data, steps=trainer.step,
