@@ -63,19 +63,30 @@ def test_spec_bench_prompts_by_category():
     assert len(load_prompts(str(SPEC_BENCH), 8, ["qa", "rag"])) == 16
 
 
-def test_bench_cli_runs_each_budget_as_a_method_and_writes_the_report(tmp_path, monkeypatch):
+@pytest.fixture
+def bench_world(tmp_path, monkeypatch):
+    """A tiny target with a tokenizer and a SpecBlock drafter saved to folders, and a prompts file writer."""
     monkeypatch.setattr("specblock_hf.models.cache_dir", lambda: tmp_path / "cache")
     target_dir, drafter_dir = tmp_path / "target", tmp_path / "drafter"
     target = make_target("llama")
     target.save_pretrained(target_dir)
     make_chatml_tokenizer().save_pretrained(target_dir)
     make_specblock(target).save_pretrained(drafter_dir)
-    prompts = tmp_path / "questions.jsonl"
-    rows = [{"question_id": i, "category": c, "turns": [t]} for i, (c, t) in enumerate([("qa", "alpha beta"), ("math", "delta omega")])]  # fmt: skip
-    prompts.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+
+    def prompts(rows: list[tuple[str, str]]) -> Path:
+        path = tmp_path / "questions.jsonl"
+        path.write_text("".join(json.dumps({"question_id": i, "category": c, "turns": [t]}) + "\n" for i, (c, t) in enumerate(rows)))  # fmt: skip
+        return path
+
+    common = ["bench", "--target", str(target_dir), "--dtype", "float32", "--drafter", f"sb={drafter_dir}"]
+    return common, prompts, tmp_path
+
+
+def test_bench_cli_runs_each_budget_as_a_method_and_writes_the_report(bench_world):
+    common, prompts, tmp_path = bench_world
     out = tmp_path / "results" / "bench"
-    main(["bench", "--target", str(target_dir), "--prompts", str(prompts), "--per-category", "1", "--dtype", "float32",
-          "--max-new-tokens", "6", "--drafter", f"sb={drafter_dir}", "--budget", "auto,3", "--out", str(out)])  # fmt: skip
+    main([*common, "--prompts", str(prompts([("qa", "alpha beta"), ("math", "delta omega")])), "--per-category", "1",
+          "--max-new-tokens", "6", "--budget", "auto,3", "--out", str(out)])  # fmt: skip
     report = json.loads(out.with_suffix(".json").read_text())
     assert set(report["summary"]) == {"plain", "sb[auto]", "sb[3]"}
     assert report["summary"]["sb[3]"]["overall"]["updates"] == 0
@@ -85,25 +96,16 @@ def test_bench_cli_runs_each_budget_as_a_method_and_writes_the_report(tmp_path, 
     assert "Accepted length per round" in out.with_suffix(".md").read_text() and out.with_suffix(".png").is_file()
 
 
-def test_bench_adaptation_modes_adapt_their_own_drafter_copies(tmp_path, monkeypatch):
-    monkeypatch.setattr("specblock_hf.models.cache_dir", lambda: tmp_path / "cache")
-    target_dir, drafter_dir = tmp_path / "target", tmp_path / "drafter"
-    target = make_target("llama")
-    target.save_pretrained(target_dir)
-    make_chatml_tokenizer().save_pretrained(target_dir)
-    make_specblock(target).save_pretrained(drafter_dir)
-    prompts = tmp_path / "questions.jsonl"
-    prompts.write_text("".join(json.dumps({"question_id": i, "category": "qa", "turns": [t]}) + "\n" for i, t in enumerate(["alpha beta", "beta gamma", "delta"])))  # fmt: skip
+def test_bench_adaptation_modes_adapt_their_own_drafter_copies(bench_world):
+    common, prompts, tmp_path = bench_world
     out = tmp_path / "bench"
-    main(["bench", "--target", str(target_dir), "--prompts", str(prompts), "--per-category", "3", "--dtype", "float32",
-          "--max-new-tokens", "24", "--drafter", f"sb={drafter_dir}", "--budget", "8", "--adapt", "off,always",
-          "--out", str(out)])  # fmt: skip
+    rows = [("qa", "alpha beta"), ("qa", "beta gamma"), ("qa", "delta")]
+    main([*common, "--prompts", str(prompts(rows)), "--per-category", "3", "--max-new-tokens", "24", "--budget", "8",
+          "--adapt", "off,always", "--out", str(out)])  # fmt: skip
     report = json.loads(out.with_suffix(".json").read_text())
     summary = report["summary"]
     assert set(summary) == {"plain", "sb[adapt=off]", "sb[adapt=always]"}
-    assert (
-        summary["sb[adapt=off]"]["overall"]["updates"] == 0
-        and summary["sb[adapt=off]"]["overall"]["adapt_ms_per_round"] == 0
-    )
+    off = summary["sb[adapt=off]"]["overall"]
+    assert off["updates"] == 0 and off["adapt_ms_per_round"] == 0
     assert summary["sb[adapt=always]"]["overall"]["adapt_ms_per_round"] > 0
     assert all(r["identical"] for r in report["records"])
