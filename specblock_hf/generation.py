@@ -25,13 +25,15 @@ TreeConfig = SpecBlockTreeConfig | Eagle3TreeConfig
 
 def default_tree_config(drafter: DrafterPreTrainedModel, device: torch.device) -> TreeConfig:
     """
-    Tree shape when the caller sets none: the released GPU defaults on CUDA, and a small tree on CPU, where every
-    verified node costs real time (a CPU verify forward grows with the node count; a GPU's is flat up to ~100 nodes).
+    Tree shape when the caller sets none: the released GPU defaults on CUDA, and on CPU, where every verified node
+    costs real time (a CPU verify forward grows with the node count; a GPU's is flat up to ~100 nodes), the shapes
+    `budget.calibrate_budget` chose for the shipped SmolLM2 drafters on a 2-core CPU (1 block / depth 2, 4 nodes).
+    A stronger drafter pays for a larger tree: calibrate it (`specblock bench --budget auto`).
     """
     on_gpu = device.type == "cuda"
     if isinstance(drafter, SpecBlockDrafter):
-        return SpecBlockTreeConfig() if on_gpu else SpecBlockTreeConfig(blocks=2, beam=4, budget=16)
-    return Eagle3TreeConfig() if on_gpu else Eagle3TreeConfig(top_k=4, depth=5, total_tokens=16)
+        return SpecBlockTreeConfig() if on_gpu else SpecBlockTreeConfig(blocks=1, beam=4, budget=4)
+    return Eagle3TreeConfig() if on_gpu else Eagle3TreeConfig(top_k=4, depth=2, total_tokens=4)
 
 
 def candidate_generator_for(drafter: DrafterPreTrainedModel, tree_config: TreeConfig) -> CandidateTreeGenerator:
