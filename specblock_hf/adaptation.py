@@ -11,10 +11,12 @@ adaptation can be reset, saved, loaded or switched off. Outputs stay lossless: o
 
 The bandit weighs two arms between rounds, "skip" (no cost) and "update": an update is made when
     horizon_tokens * round_seconds * (1 / tau - 1 / (tau + gain)) > update_seconds,
-with tau and round_seconds observed, gain the estimated tau increase per update (optimistic prior, then a running
-mean of what updates achieved on held-out rows), and update_seconds the measured update time. No update is made when
-the head already predicts the held-out rows at `ceiling_accuracy`. An update that lowers held-out acceptance is rolled
-back at once; one after which the observed tau falls by more than `rollback_margin` is rolled back later.
+with tau and round_seconds observed, gain = (estimated tau gain per new labelled row) x (rows gathered since the last
+update) — an optimistic prior, then a running mean of what updates achieved on held-out rows, floored at a tenth of
+the prior so that updates grow rarer but never stop for good — and update_seconds the measured update time. No update
+is made when the head already predicts the held-out rows at `ceiling_accuracy`. An update that clearly lowers
+held-out acceptance is rolled back at once; one after which the observed tau falls by more than `rollback_margin` is
+rolled back later.
 """
 
 import time
@@ -27,6 +29,8 @@ import torch.nn.functional as F
 
 MODES = ("bandit", "always")
 SLOT_DECAY = 0.8  # row weight 0.8^k of slot k, as in training
+REFERENCE_ROWS = 256  # `prior_gain` is the gain assumed for an update learning from this many new rows
+HELD_OUT_ROWS = 512  # most held-out rows scored per check (the newest)
 
 
 @dataclass
@@ -41,7 +45,7 @@ class AdaptationConfig:
         validation_share: newest share of the buffer held out to judge an update.
         horizon_tokens: tokens the drafter is expected to serve after the current call (the adapted head persists
             across calls); the remaining tokens of the call are added.
-        prior_gain: tau increase assumed for an update before any was measured.
+        prior_gain: tau increase assumed, before any was measured, for an update learning from 256 new rows.
         ceiling_accuracy: no update while the head predicts this share of the held-out rows' first slot.
         rollback_window / rollback_margin: an update after which the mean tau of the next `rollback_window` rounds
             falls below (1 - margin) x that of the `rollback_window` rounds before it is undone.
@@ -138,7 +142,7 @@ class OnlineAdaptation:
         self.filled = self.arrived = self.rows_since_update = 0
         self.recent_rounds: deque[int] = deque(maxlen=self.config.rollback_window)
         self.round_seconds: float | None = None
-        self.gain_estimate = self.config.prior_gain
+        self.gain_per_row = self.config.prior_gain / REFERENCE_ROWS  # tau gain per new labelled row, estimated
         self.cost_estimate: float | None = None
         self.watch: dict | None = None  # the last kept update while its observed effect is judged
         self.stats = AdaptationStats()
@@ -251,10 +255,15 @@ class OnlineAdaptation:
         self._update(train, held_out, before)
 
     def _expected_savings(self) -> float:
-        """Seconds an update of `gain_estimate` tau would save over the remaining call and the horizon."""
+        """
+        Seconds an update would save over the remaining call and the horizon. Its tau gain is the estimated gain per
+        new row times the rows gathered since the last update, so the bandit waits until enough new evidence makes
+        an update pay; the per-row estimate never falls below a tenth of the prior, so updates only grow rarer.
+        """
         tau = 1 + sum(self.recent_rounds) / max(1, len(self.recent_rounds))
         remaining = max(0, self._call["max_new_tokens"] - self._call["generated"]) + self.config.horizon_tokens
-        gain = max(self.gain_estimate, 0.0)
+        floor = 0.1 * self.config.prior_gain / REFERENCE_ROWS
+        gain = max(self.gain_per_row, floor) * self.rows_since_update
         return remaining * self.round_seconds * (1 / tau - 1 / (tau + gain))
 
     @torch.no_grad()
@@ -273,7 +282,7 @@ class OnlineAdaptation:
         held = max(1, int(self.config.validation_share * self.filled))
         if self.filled - held < 16 or held < 8:
             return None
-        return by_age[:-held], by_age[-held:]
+        return by_age[:-held], by_age[-held:][-HELD_OUT_ROWS:]
 
     def _head(self) -> torch.Tensor:
         return (self.pristine.float() + self.delta).detach()
@@ -315,7 +324,7 @@ class OnlineAdaptation:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         gain = self._chain_tau(self._slot_accuracy(held_out, self._head())) - self._chain_tau(before)
-        if self.config.mode == "bandit" and gain < 0:  # worse on fresh rows: undo at once
+        if self.config.mode == "bandit" and gain < -1.0 / held_out.shape[0]:  # clearly worse on fresh rows: undo
             self._restore(snapshot)
             self.stats.rollbacks += 1
         else:
@@ -325,7 +334,7 @@ class OnlineAdaptation:
             if len(self.recent_rounds) == self.recent_rounds.maxlen:
                 self.watch = {"tau_before": 1 + sum(self.recent_rounds) / len(self.recent_rounds), "after": [],
                               "snapshot": snapshot}  # fmt: skip
-        self.gain_estimate = 0.5 * self.gain_estimate + 0.5 * gain
+        self.gain_per_row = 0.5 * self.gain_per_row + 0.5 * gain / max(1, self.rows_since_update)
         self.rows_since_update = 0
         seconds = time.perf_counter() - start
         self.cost_estimate = seconds if self.cost_estimate is None else 0.5 * self.cost_estimate + 0.5 * seconds
@@ -341,7 +350,7 @@ class OnlineAdaptation:
         if self.config.mode == "bandit" and tau_after < (1 - self.config.rollback_margin) * watch["tau_before"]:
             self._restore(watch["snapshot"])
             self.stats.rollbacks += 1
-            self.gain_estimate = 0.5 * self.gain_estimate + 0.5 * (tau_after - watch["tau_before"])
+            self.gain_per_row = 0.5 * self.gain_per_row + 0.5 * (tau_after - watch["tau_before"]) / REFERENCE_ROWS
 
     def _skip(self, reason: str) -> None:
         self.stats.skipped[reason] = self.stats.skipped.get(reason, 0) + 1
@@ -365,7 +374,7 @@ class OnlineAdaptation:
         self.filled = self.arrived = self.rows_since_update = 0
         self.recent_rounds.clear()
         self.round_seconds, self.cost_estimate, self.watch = None, None, None
-        self.gain_estimate = self.config.prior_gain
+        self.gain_per_row = self.config.prior_gain / REFERENCE_ROWS
         self.stats = AdaptationStats()
 
     @torch.no_grad()
