@@ -129,7 +129,8 @@ class OnlineAdaptation:
         self.config = config or AdaptationConfig()
         head = drafter.lm_head.weight
         device, (vocab, hidden) = head.device, head.shape
-        self.pristine = head.detach().clone()  # (Vd, H) in the drafter's dtype; never modified
+        self.pristine = head.detach().float().clone()  # (Vd, H) fp32; never modified (bf16 -> fp32 is exact)
+        self.head_dtype = head.dtype
         self.delta = torch.zeros(vocab, hidden, device=device, requires_grad=True)  # fp32
         self.optimizer = torch.optim.Adam([self.delta], lr=self.config.learning_rate)
         self.draft_id = torch.full((drafter.t2d.shape[0],), -1, dtype=torch.long, device=device)  # target -> draft id
@@ -153,7 +154,7 @@ class OnlineAdaptation:
     def begin(self, prompt_length: int, max_new_tokens: int) -> None:
         """Start of a `generate()` call: rows are labelled only by generated tokens (index >= `prompt_length`)."""
         self._call = {"prompt_length": prompt_length, "max_new_tokens": max_new_tokens, "pending": [],
-                      "generated": 0, "round_started": time.perf_counter()}  # fmt: skip
+                      "generated": 0, "round_started": time.perf_counter(), "updates_before": self.stats.updates}  # fmt: skip
 
     @torch.no_grad()
     def observe(self, states: torch.Tensor, indices: torch.LongTensor) -> None:
@@ -196,10 +197,11 @@ class OnlineAdaptation:
         count, capacity = states.shape[0], self.config.buffer_rows
         if count == 0:
             return
-        states, labels, slots = states[-capacity:], labels[-capacity:], slots[-capacity:]
-        where = (self.arrived + torch.arange(states.shape[0], device=states.device)) % capacity
-        self.states[where], self.labels[where], self.slots[where] = states, labels, slots
-        self.order[where] = self.arrived + torch.arange(states.shape[0], device=states.device)
+        kept = min(count, capacity)  # of more rows than fit, the newest
+        arrival = self.arrived + count - kept + torch.arange(kept, device=states.device)
+        where = arrival % capacity
+        self.states[where], self.labels[where], self.slots[where] = states[-kept:], labels[-kept:], slots[-kept:]
+        self.order[where] = arrival
         self.arrived += count
         self.filled = min(self.filled + count, capacity)
         self.rows_since_update += count
@@ -233,9 +235,10 @@ class OnlineAdaptation:
             self._decide()
         self._call["round_started"] = time.perf_counter()
 
-    def end(self, sequence: torch.LongTensor) -> None:
-        """End of a call: buffer what is known of the pending rows."""
+    def end(self, sequence: torch.LongTensor) -> int:
+        """End of a call: buffer what is known of the pending rows; returns the updates kept during the call."""
         self._label(sequence, final=True)
+        return self.stats.updates - self._call["updates_before"]
 
     # ----- deciding and updating -------------------------------------------------------------------------------
 
@@ -285,19 +288,17 @@ class OnlineAdaptation:
         return by_age[:-held], by_age[-held:][-HELD_OUT_ROWS:]
 
     def _head(self) -> torch.Tensor:
-        return (self.pristine.float() + self.delta).detach()
+        return (self.pristine + self.delta).detach()
 
     @torch.no_grad()
     def _slot_accuracy(self, rows: torch.LongTensor, head: torch.Tensor) -> list[float]:
         """Top-1 accuracy of `head` on `rows`, per slot k = 0, 1, ... (slots without rows end the list)."""
         correct = F.linear(self.states[rows], head).argmax(dim=-1) == self.labels[rows]
-        accuracy = []
-        for slot in range(int(self.slots[rows].max()) + 1):
-            in_slot = self.slots[rows] == slot
-            if not in_slot.any():
-                break
-            accuracy.append(float(correct[in_slot].float().mean()))
-        return accuracy
+        slots = self.slots[rows]
+        counts = torch.bincount(slots)
+        hits = torch.bincount(slots, weights=correct.float(), minlength=counts.shape[0])
+        present = int((counts > 0).cumprod(0).sum())  # slots 0, 1, ... up to the first without rows
+        return (hits[:present] / counts[:present]).tolist()
 
     @staticmethod
     def _chain_tau(accuracy: list[float]) -> float:
@@ -311,12 +312,11 @@ class OnlineAdaptation:
     def _update(self, train: torch.LongTensor, held_out: torch.LongTensor, before: list[float]) -> None:
         start = time.perf_counter()
         snapshot = self.delta.detach().clone()
-        pristine = self.pristine.float()
         weights = SLOT_DECAY ** self.slots.float()
         for _ in range(self.config.steps):
             batch = train[torch.randint(train.shape[0], (min(self.config.batch_rows, train.shape[0]),))]
             with torch.enable_grad():
-                logits = F.linear(self.states[batch], pristine + self.delta)
+                logits = F.linear(self.states[batch], self.pristine + self.delta)
                 losses = F.cross_entropy(logits, self.labels[batch], reduction="none")
                 loss = (losses * weights[batch]).sum() / weights[batch].sum()
                 loss = loss + self.config.weight_decay * self.delta.pow(2).mean()
@@ -359,7 +359,7 @@ class OnlineAdaptation:
 
     @torch.no_grad()
     def _write_head(self) -> None:
-        self.drafter.lm_head.weight.copy_(self._head().to(self.pristine.dtype))
+        self.drafter.lm_head.weight.copy_(self._head().to(self.head_dtype))
 
     @torch.no_grad()
     def _restore(self, delta: torch.Tensor) -> None:
@@ -380,7 +380,7 @@ class OnlineAdaptation:
     @torch.no_grad()
     def detach(self) -> None:
         """Put the pristine head back in the drafter and stop adapting it (`drafter.adaptation` is cleared)."""
-        self.drafter.lm_head.weight.copy_(self.pristine)
+        self.drafter.lm_head.weight.copy_(self.pristine.to(self.head_dtype))
         if getattr(self.drafter, "adaptation", None) is self:
             self.drafter.adaptation = None
 

@@ -96,7 +96,6 @@ def speculative_decode(
     if adaptation is not None:
         max_new = generation_config.max_new_tokens or generation_config.max_length - input_ids.shape[1]
         adaptation.begin(prompt_length=input_ids.shape[1], max_new_tokens=max_new)
-        updates_before = adaptation.stats.updates
     cache = _fresh_cache(model, model_kwargs.get("past_key_values"))
     prefix_mask, position_ids = _prompt_layout(
         input_ids, model_kwargs.get("attention_mask"), model_kwargs.get("position_ids")
@@ -147,15 +146,14 @@ def speculative_decode(
                 stats.accepted_keep_ranks.append(tree.keep_rank[result.path[1:]].tolist())
             features, next_tokens = tap.features()[result.path], result.emitted
             positions = root_position + torch.arange(result.path.shape[0], device=device)
-            entry_indices = input_ids.shape[1] - 1 + torch.arange(result.path.shape[0], device=device)
             if adaptation is not None:
+                entry_indices = input_ids.shape[1] - 1 + torch.arange(result.path.shape[0], device=device)
                 with stats.timed("adapt", device):
                     adaptation.after_round(result.input_ids[0], stats.accepted[-1], result.emitted.shape[0])
 
     if adaptation is not None:
         with stats.timed("adapt", device):
-            adaptation.end(input_ids[0])
-        stats.adaptation_updates = adaptation.stats.updates - updates_before
+            stats.adaptation_updates = adaptation.end(input_ids[0])
     if streamer is not None:
         streamer.end()
     stats.finish(new_tokens=len(scores))

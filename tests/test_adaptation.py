@@ -43,6 +43,9 @@ def test_buffer_keeps_the_newest_rows():
         adaptation._push(torch.full((4, 64), float(step)), torch.arange(4), torch.zeros(4, dtype=torch.long))
     assert adaptation.filled == 6 and sorted(adaptation.order.tolist()) == list(range(6, 12))
     assert sorted(adaptation.states[:, 0].tolist()) == [1.0, 1.0, 2.0, 2.0, 2.0, 2.0]
+    adaptation._push(torch.arange(10.0)[:, None].expand(10, 64), torch.arange(10), torch.zeros(10, dtype=torch.long))
+    assert sorted(adaptation.order.tolist()) == list(range(16, 22))  # more rows than fit: the newest 6
+    assert sorted(adaptation.states[:, 0].tolist()) == [4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
 
 
 def _fill(adaptation, labels_for, rows=200, seed=0):
