@@ -10,6 +10,10 @@ from specblock_hf import AdaptationConfig, OnlineAdaptation
 
 # adapt as often and as hard as possible, so that drafts change between rounds
 EAGER = AdaptationConfig(mode="always", check_every=1, min_new_rows=1, steps=4, learning_rate=0.5, weight_decay=0.0)
+EAGER_BANDIT = AdaptationConfig(
+    mode="bandit", check_every=1, min_new_rows=1, steps=4, learning_rate=0.5, weight_decay=0.0, prior_gain=10.0,
+    horizon_tokens=10**9, rollback_z=0.5,
+)  # fmt: skip
 
 
 def _states(n, K, hidden=64, seed=0):
@@ -60,58 +64,80 @@ def _ready(adaptation, tau_rounds=(1,) * 8):
     adaptation.recent_rounds.extend(tau_rounds)
 
 
+def _argmax_of(head):
+    return lambda states: (states @ head.float().T).argmax(-1)
+
+
 def test_bandit_does_not_update_at_the_ceiling():
     drafter = make_specblock(make_target("llama"))
-    adaptation = OnlineAdaptation(drafter, AdaptationConfig(min_new_rows=1))
+    adaptation = OnlineAdaptation(drafter, AdaptationConfig(min_new_rows=1, horizon_tokens=10**6))
     _ready(adaptation)
-    _fill(adaptation, lambda s: (s @ adaptation._head().T).argmax(-1))  # the head is already always right
-    adaptation._decide()
+    _fill(adaptation, _argmax_of(drafter.lm_head.weight))  # the head already predicts every fresh row
+    adaptation._check()
+    assert adaptation._fresh_accuracy()[0] == 1.0
     assert adaptation.stats.skipped == {"at ceiling": 1} and adaptation.stats.updates == 0
 
 
 def test_bandit_updates_only_when_the_gain_pays_for_the_cost():
     drafter = make_specblock(make_target("llama"))
     pristine = drafter.lm_head.weight.detach().clone()
-    target_head = torch.randn(pristine.shape, generator=torch.Generator().manual_seed(3))  # labels another head picks
-    config = AdaptationConfig(min_new_rows=1, horizon_tokens=0, learning_rate=0.05)
-    adaptation = OnlineAdaptation(drafter, config)
+    other_head = torch.randn(pristine.shape, generator=torch.Generator().manual_seed(3))  # labels another head picks
+    adaptation = OnlineAdaptation(drafter, AdaptationConfig(min_new_rows=1, horizon_tokens=0, learning_rate=0.05))
     _ready(adaptation)
     adaptation._call["generated"] = 128  # nothing left to serve: no gain can pay
-    _fill(adaptation, lambda s: (s @ target_head.T).argmax(-1), rows=1000)
-    adaptation._decide()
+    _fill(adaptation, _argmax_of(other_head), rows=1000)
+    adaptation._check()
     assert adaptation.stats.skipped == {"gain below cost": 1} and torch.equal(drafter.lm_head.weight, pristine)
 
     adaptation.config = AdaptationConfig(min_new_rows=1, horizon_tokens=100_000, learning_rate=0.05)  # a long stream
-    adaptation._decide()
+    adaptation._check()
     assert adaptation.stats.updates == 1 and not torch.equal(drafter.lm_head.weight, pristine)
-    assert adaptation.stats.predicted_gain[0] > 0 and adaptation.cost_estimate > 0
+    assert adaptation.cost_estimate > 0 and adaptation.pending is not None
+
+    _fill(adaptation, _argmax_of(other_head), rows=300, seed=4)  # fresh rows, never trained on, judge the update
+    adaptation._check()
+    assert adaptation.stats.measured_gain[0] > 0 and adaptation.stats.rollbacks == 0
+    assert adaptation.stats.updates == 2  # the gain paid: the next update followed
 
 
-def test_an_update_that_hurts_held_out_rows_is_rolled_back():
+def test_an_update_that_hurts_the_fresh_rows_is_rolled_back():
     drafter = make_specblock(make_target("llama"))
     pristine = drafter.lm_head.weight.detach().clone()
     adaptation = OnlineAdaptation(drafter, AdaptationConfig(min_new_rows=1, learning_rate=0.5, horizon_tokens=10**6))
     _ready(adaptation)
     noise = torch.Generator().manual_seed(1)
-    _fill(adaptation, lambda s: torch.randint(0, 128, (s.shape[0],), generator=noise), rows=400)  # training rows
-    _fill(adaptation, lambda s: (s @ adaptation._head().T).argmax(-1), rows=60, seed=2)  # newest: right as is
-    adaptation._decide()
+    _fill(adaptation, lambda s: torch.randint(0, 128, (s.shape[0],), generator=noise), rows=400)  # noisy labels
+    adaptation._check()  # ... trained on
+    assert adaptation.stats.updates == 1 and not torch.equal(drafter.lm_head.weight, pristine)
+    _fill(adaptation, _argmax_of(pristine), rows=200, seed=2)  # fresh rows the head before the update got right
+    adaptation.config = AdaptationConfig(min_new_rows=10**6)  # judge only
+    adaptation._check()
     assert adaptation.stats.rollbacks == 1 and adaptation.stats.updates == 0
+    assert adaptation.stats.measured_gain[0] < 0
     assert torch.equal(drafter.lm_head.weight, pristine) and not adaptation.delta.any()
 
 
-def test_an_update_followed_by_lower_tau_is_rolled_back():
+def test_a_delta_worse_than_the_pristine_head_is_dropped():
     drafter = make_specblock(make_target("llama"))
     pristine = drafter.lm_head.weight.detach().clone()
-    config = AdaptationConfig(rollback_window=4, rollback_margin=0.1)
-    adaptation = OnlineAdaptation(drafter, config)
+    adaptation = OnlineAdaptation(drafter, AdaptationConfig(min_new_rows=10**6))
     with torch.no_grad():
-        adaptation.delta += 0.1
+        adaptation.delta += torch.randn(adaptation.delta.shape, generator=torch.Generator().manual_seed(5))
     adaptation._write_head()
-    adaptation.watch = {"tau_before": 3.0, "after": [], "snapshot": torch.zeros_like(adaptation.delta)}
-    for _ in range(4):
-        adaptation._judge_last_update(accepted=0)  # tau 1 after the update, 3 before
-    assert adaptation.stats.rollbacks == 1 and torch.equal(drafter.lm_head.weight, pristine)
+    _ready(adaptation)
+    _fill(adaptation, _argmax_of(pristine), rows=100)  # the pristine head is right on every fresh row
+    adaptation._check()
+    assert adaptation.stats.resets == 1 and torch.equal(drafter.lm_head.weight, pristine)
+
+
+def test_always_updates_at_every_check_without_judging():
+    drafter = make_eagle3(make_target("llama"))
+    adaptation = OnlineAdaptation(drafter, AdaptationConfig(mode="always", min_new_rows=50))
+    _ready(adaptation)
+    for seed in range(3):
+        _fill(adaptation, _argmax_of(torch.randn(drafter.lm_head.weight.shape)), rows=60, seed=seed)
+        adaptation._check()
+    assert adaptation.stats.updates == 3 and adaptation.pending is None and not adaptation.stats.measured_gain
 
 
 def test_reset_detach_save_and_load(tmp_path):
@@ -133,8 +159,9 @@ def test_reset_detach_save_and_load(tmp_path):
         AdaptationConfig(mode="sometimes")
 
 
+@pytest.mark.parametrize("config", [EAGER, EAGER_BANDIT], ids=["always", "bandit"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_greedy_output_is_unchanged_while_the_drafter_adapts(family):
+def test_greedy_output_is_unchanged_while_the_drafter_adapts(family, config):
     target = specblock_hf.enable(make_target(family))
     rng = torch.Generator().manual_seed(7)
     for drafter in (make_specblock(target), make_eagle3(target)):
@@ -149,14 +176,14 @@ def test_greedy_output_is_unchanged_while_the_drafter_adapts(family):
             settings = {"do_sample": False, "max_new_tokens": 40, "eos_token_id": None}
             expected = target.generate(prompt, **settings)
             if call % 2:
-                out = target.generate(prompt, **settings, assistant_model=drafter, adaptation=EAGER)
+                out = target.generate(prompt, **settings, assistant_model=drafter, adaptation=config)
             else:
                 out = target.generate(
-                    prompt, **settings, custom_generate=specblock_hf.generate, drafter=drafter, adaptation=EAGER
+                    prompt, **settings, custom_generate=specblock_hf.generate, drafter=drafter, adaptation=config
                 )
             assert torch.equal(out, expected), (family, type(drafter).__name__, call)
         stats = drafter.adaptation.stats
-        assert stats.updates >= 10 and stats.rows > 50, stats
+        assert stats.updates + stats.rollbacks >= 10 and stats.rows > 50, stats
         assert drafter.generation_stats.adapt_time > 0
         assert not torch.equal(drafter.lm_head.weight, pristine)  # the drafts really came from a changing head
 
