@@ -10,17 +10,19 @@ in bf16 autocast, on an additive fp32 delta to the head, `lm_head.weight = prist
 bounded buffer of recent rows (the newest included). The pristine weights stay apart, so the adaptation can be reset,
 saved, loaded or switched off. Outputs stay lossless: only the drafts change.
 
-The bandit judges the head test-then-train (prequentially): the rows that arrive after an update were never trained
-on, so scoring them with the head before and after that update (one forward each over a few dozen rows) measures what
-the update really did, paired on the same rows. Between rounds it weighs two arms, "skip" (no cost) and "update": an
-update is made when
-    horizon_tokens * round_seconds * (1 / tau - 1 / (tau + gain)) > update_seconds,
-with tau and round_seconds observed, update_seconds measured, and gain the running mean of the measured gains of
-past updates (chain acceptance over slots, scaled to the observed tau), which drifts back towards the optimistic
-`prior_gain` as untrained rows accumulate — so updates grow rarer once they stop paying, and resume when the stream
-brings new material. No update is made while the head already predicts `ceiling_accuracy` of its fresh first-slot
-rows. An update that makes clearly more fresh rows wrong than right (a sign test at `rollback_z`) is undone; so is
-the whole delta when the pristine head does clearly better on the fresh rows since the last such comparison.
+The bandit judges the head test-then-train (prequentially): rows that arrive after an update were never trained on,
+so scoring them with the adapted and the pristine head (one forward each over a few dozen rows, paired on the same
+rows) measures what adaptation really achieved: G, the chain-acceptance gain of the delta, scaled to the observed tau.
+One update's gain is then estimated as G per update made so far, shrunk towards the optimistic `prior_gain` while
+few were made (a single update's effect is far too small to measure on its own). Between rounds the bandit weighs
+"skip" (no cost) against "update", and updates when
+    remaining_tokens * round_seconds * (1 / tau - 1 / (tau + gain)) > update_seconds,
+with tau and round_seconds observed, update_seconds measured, and remaining_tokens the rest of the call plus the
+larger of `horizon_tokens` and the tokens served so far (a stream that has lasted N tokens is expected to last about
+N more). So updates stop when adaptation does not pay (no gain over the pristine head, a short stream, or a head at
+`ceiling_accuracy`), and the estimate drifts back towards the prior as untrained rows accumulate. Recovery: an update
+that turns clearly more fresh rows wrong than right (a sign test at `rollback_z`) is undone at the next check, and
+the whole delta is dropped when the pristine head does clearly better on the recent fresh rows.
 """
 
 import math
@@ -36,6 +38,7 @@ MODES = ("bandit", "always")
 SLOT_DECAY = 0.8  # row weight 0.8^k of slot k, as in training
 ACCURACY_MEMORY = 0.95  # per check, the weight of the past in the running fresh-row accuracy and the pristine test
 RECENT_ROUNDS = 32  # rounds over which the observed tau is averaged
+PRIOR_UPDATES = 4  # the prior gain counts as this many updates' worth of evidence
 
 
 @dataclass
@@ -88,7 +91,7 @@ class AdaptationStats:
             counts decisions not to update, by reason.
         update_time / collect_time: seconds spent deciding and updating, and gathering rows (inside `generate()`).
         rows: labelled rows gathered; tau_before_first_update / tau_since_first_update: observed acceptance.
-        measured_gain: the tau gain each judged update achieved on the rows that followed it.
+        gain_over_pristine: the latest measured tau gain of the adapted head over the pristine one (fresh rows).
     """
 
     updates: int = 0
@@ -100,7 +103,7 @@ class AdaptationStats:
     rows: int = 0
     rounds_before_first_update: list[int] = field(default_factory=list, repr=False)
     rounds_since_first_update: list[int] = field(default_factory=list, repr=False)
-    measured_gain: list[float] = field(default_factory=list, repr=False)
+    gain_over_pristine: float | None = None
 
     @property
     def tau_before_first_update(self) -> float | None:
@@ -113,13 +116,12 @@ class AdaptationStats:
         return 1 + sum(rounds) / len(rounds) if rounds else None
 
     def summary(self) -> dict:
-        gains = self.measured_gain
         return {
             "updates": self.updates, "rollbacks": self.rollbacks, "resets": self.resets, "skipped": dict(self.skipped),
             "update_time_s": round(self.update_time, 3), "collect_time_s": round(self.collect_time, 4),
             "rows": self.rows, "tau_before_first_update": self.tau_before_first_update,
             "tau_since_first_update": self.tau_since_first_update,
-            "mean_measured_gain": sum(gains) / len(gains) if gains else None,
+            "gain_over_pristine": self.gain_over_pristine,
         }  # fmt: skip
 
 
@@ -140,6 +142,7 @@ class OnlineAdaptation:
         self.pristine_head = head.detach().clone()  # (Vd, H) in the drafter's dtype, to score fresh rows
         self.head_dtype = head.dtype
         self.delta = torch.zeros(vocab, hidden, device=device, requires_grad=True)  # fp32
+        self.delta_active = False  # whether the delta is non-zero (the pristine head needs no scoring otherwise)
         self.optimizer = self._new_optimizer()
         self.draft_id = torch.full((drafter.t2d.shape[0],), -1, dtype=torch.long, device=device)  # target -> draft id
         self.draft_id[drafter.draft_to_target(torch.arange(vocab, device=device))] = torch.arange(vocab, device=device)
@@ -158,11 +161,11 @@ class OnlineAdaptation:
         self.recent_rounds: deque[int] = deque(maxlen=RECENT_ROUNDS)
         self.round_seconds: float | None = None
         self.cost_estimate: float | None = None
-        self.gain_estimate = self.config.prior_gain  # tau gain of one update; running mean of measured gains
+        self.served = self.updates_since_reset = 0  # tokens generated and updates kept since construction / reset
         slots, device = getattr(self.drafter, "block_size", 1), self.states.device
-        self.fresh_hits = torch.zeros(slots, device=device)  # decayed fresh-row hits and rows, per slot k
-        self.fresh_rows = torch.zeros(slots, device=device)
-        self.versus_pristine = torch.zeros(2, device=device)  # decayed fresh rows (current right, pristine right) only
+        # decayed fresh-row counts per slot k: rows, hits of the current head, hits of the pristine head
+        self.fresh_rows, self.fresh_hits, self.pristine_hits = torch.zeros(3, slots, device=device)
+        self.versus_pristine = torch.zeros(2, device=device)  # decayed fresh rows only the current / pristine got right
         self.pending: dict | None = None  # the last update until fresh rows judge it
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
@@ -241,6 +244,7 @@ class OnlineAdaptation:
         elapsed = now - self._call["round_started"]
         self.round_seconds = elapsed if self.round_seconds is None else 0.9 * self.round_seconds + 0.1 * elapsed
         self._call["generated"] += emitted
+        self.served += emitted
         self.recent_rounds.append(accepted)
         first_update_done = self.stats.updates + self.stats.rollbacks > 0
         (self.stats.rounds_since_first_update if first_update_done else self.stats.rounds_before_first_update).append(
@@ -289,33 +293,34 @@ class OnlineAdaptation:
     @torch.no_grad()
     def _judge(self, fresh: torch.LongTensor) -> None:
         """
-        Score the fresh rows with the current head: the running accuracy per slot, the test of the whole delta
-        against the pristine head, and — when an update awaits judgment — its measured gain (paired against the
-        head before it), undoing it if it made clearly more predictions wrong than right.
+        Score the fresh rows with the current and the pristine head: running accuracies per slot, and the sign tests
+        that undo the last update (against the head before it) or the whole delta (against the pristine head).
         """
         slots = self.slots[fresh]
         current = self._correct(fresh, self.drafter.lm_head.weight)  # (n,) bool
-        memory = ACCURACY_MEMORY
-        self.fresh_hits = memory * self.fresh_hits + torch.bincount(slots, current.float(), self.fresh_hits.shape[0])
-        self.fresh_rows = memory * self.fresh_rows + torch.bincount(slots, minlength=self.fresh_rows.shape[0])
+        pristine = self._correct(fresh, self.pristine_head) if self.delta_active else current
+        memory, size = ACCURACY_MEMORY, self.fresh_rows.shape[0]
+        self.fresh_rows = memory * self.fresh_rows + torch.bincount(slots, minlength=size)
+        self.fresh_hits = memory * self.fresh_hits + torch.bincount(slots, current.float(), size)
+        self.pristine_hits = memory * self.pristine_hits + torch.bincount(slots, pristine.float(), size)
+        flips = torch.stack([(current & ~pristine).sum(), (pristine & ~current).sum()]).float()
+        self.versus_pristine = memory * self.versus_pristine + flips
+        self.stats.gain_over_pristine = self._gain_over_pristine()
         if self.pending is not None:
             pending, self.pending = self.pending, None
             before = self._correct(fresh, pending["head"])
-            self._record_gain(current, before, slots)
             if self._clearly_worse(wins=int((current & ~before).sum()), losses=int((before & ~current).sum())):
                 self._restore(pending["delta"])
                 self.stats.rollbacks += 1
                 self.stats.updates -= 1
+                self.updates_since_reset -= 1
                 return
-        if self.delta.any():
-            pristine = self._correct(fresh, self.pristine_head)
-            flips = torch.stack([(current & ~pristine).sum(), (pristine & ~current).sum()]).float()
-            self.versus_pristine = memory * self.versus_pristine + flips
-            wins, losses = self.versus_pristine.tolist()
-            if self._clearly_worse(wins, losses):
-                self._restore(torch.zeros_like(self.delta))
-                self.versus_pristine.zero_()
-                self.stats.resets += 1
+        if self._clearly_worse(*self.versus_pristine.tolist()):
+            self._restore(torch.zeros_like(self.delta))
+            self.versus_pristine.zero_()
+            self.pristine_hits.copy_(self.fresh_hits)  # the current head is the pristine one again
+            self.updates_since_reset = 0
+            self.stats.resets += 1
 
     def _correct(self, rows: torch.LongTensor, head: torch.Tensor) -> torch.BoolTensor:
         """Whether `head` (Vd, H) predicts each row's label, computed in the head's dtype as drafting does."""
@@ -323,19 +328,14 @@ class OnlineAdaptation:
 
     def _clearly_worse(self, wins: float, losses: float) -> bool:
         """Sign test: more losses than wins by `rollback_z` standard deviations (sqrt of the flips)."""
-        return losses - wins > self.config.rollback_z * math.sqrt(wins + losses) and losses > wins
+        return losses > wins and losses - wins > self.config.rollback_z * math.sqrt(wins + losses)
 
-    def _record_gain(self, current: torch.BoolTensor, before: torch.BoolTensor, slots: torch.LongTensor) -> None:
-        """The judged update's tau gain: the change of each slot's fresh accuracy through the chain acceptance."""
-        counts = torch.bincount(slots, minlength=self.fresh_rows.shape[0]).clamp(min=1)
-        change = torch.bincount(slots, current.float() - before.float(), counts.shape[0]) / counts
-        accuracy = torch.tensor(self._fresh_accuracy() or [0.0])
-        present = accuracy.shape[0]
-        gain = self._chain_tau((accuracy + change[:present].cpu()).clamp(0, 1).tolist()) - self._chain_tau(
-            accuracy.tolist()
-        )
-        self.stats.measured_gain.append(gain)
-        self.gain_estimate = 0.7 * self.gain_estimate + 0.3 * gain * self._tau_scale()
+    def _gain_over_pristine(self) -> float:
+        """G: chain tau of the current head minus the pristine head's on the recent fresh rows, scaled to the tree."""
+        present = int((self.fresh_rows > 0).cumprod(0).sum())
+        rows = self.fresh_rows[:present]
+        current = self._chain_tau((self.fresh_hits[:present] / rows).tolist())
+        return (current - self._chain_tau((self.pristine_hits[:present] / rows).tolist())) * self._tau_scale()
 
     def _fresh_accuracy(self) -> list[float]:
         """Running fresh-row accuracy per slot k = 0, 1, ... (slots without rows end the list)."""
@@ -359,15 +359,17 @@ class OnlineAdaptation:
 
     def _expected_savings(self) -> float:
         """
-        Seconds an update would save over the rest of the call and the horizon. The gain estimate drifts back
-        towards the prior as untrained rows accumulate (stale evidence, possibly new material in the stream).
+        Seconds one more update would save: its estimated tau gain (G per update so far, shrunk towards the prior
+        while few were made; drifting back to the prior as untrained rows accumulate) over the remaining tokens.
         """
-        tau = 1 + sum(self.recent_rounds) / max(1, len(self.recent_rounds))
-        remaining = max(0, self._call["max_new_tokens"] - self._call["generated"]) + self.config.horizon_tokens
+        made = self.updates_since_reset
+        measured = max(0.0, self.stats.gain_over_pristine or 0.0)
+        gain = (PRIOR_UPDATES * self.config.prior_gain + measured) / (PRIOR_UPDATES + made)
         staleness = min(1.0, self.rows_since_update / self.config.buffer_rows)
-        gain = self.gain_estimate + max(0.0, self.config.prior_gain - self.gain_estimate) * staleness
-        if gain <= 0:
-            return 0.0
+        gain += max(0.0, self.config.prior_gain - gain) * staleness
+        tau = 1 + sum(self.recent_rounds) / max(1, len(self.recent_rounds))
+        remaining = max(0, self._call["max_new_tokens"] - self._call["generated"])
+        remaining += max(self.config.horizon_tokens, self.served)
         return remaining * self.round_seconds * (1 / tau - 1 / (tau + gain))
 
     @torch.no_grad()
@@ -402,7 +404,9 @@ class OnlineAdaptation:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self._write_head()
+        self.delta_active = True
         self.stats.updates += 1
+        self.updates_since_reset += 1
         self.rows_since_update = 0
         seconds = time.perf_counter() - start
         self.cost_estimate = seconds if self.cost_estimate is None else 0.7 * self.cost_estimate + 0.3 * seconds
@@ -419,6 +423,7 @@ class OnlineAdaptation:
     @torch.no_grad()
     def _restore(self, delta: torch.Tensor) -> None:
         self.delta.copy_(delta)
+        self.delta_active = bool(delta.any())
         self.optimizer = self._new_optimizer()
         self._write_head()
 
