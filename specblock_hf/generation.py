@@ -85,7 +85,8 @@ def speculative_decode(
         input_ids (`torch.LongTensor` of shape `(1, prompt_len)`): the prompt, possibly left-padded.
         adaptation: online adaptation of the drafter for this call (see `adaptation.resolve_adaptation`): None uses
             `drafter.adaptation` if set, False none, "bandit" / "always" / an `AdaptationConfig` the drafter's own.
-        model_kwargs: what `generate()` prepared: `attention_mask`, `position_ids`, `past_key_values`.
+        model_kwargs: what `generate()` prepared: `attention_mask`, `position_ids`, the cache (`cache`, or
+            `past_key_values` before transformers 5.25).
     """
     _check_request(model, input_ids, generation_config)
     prepare_drafter(model, drafter)
@@ -96,7 +97,8 @@ def speculative_decode(
     if adaptation is not None:
         max_new = generation_config.max_new_tokens or generation_config.max_length - input_ids.shape[1]
         adaptation.begin(prompt_length=input_ids.shape[1], max_new_tokens=max_new)
-    cache = _fresh_cache(model, model_kwargs.get("past_key_values"))
+    # transformers >= 5.25 names the cache `cache` in model_kwargs; earlier releases `past_key_values`
+    cache = _fresh_cache(model, model_kwargs.get("cache", model_kwargs.get("past_key_values")))
     prefix_mask, position_ids = _prompt_layout(
         input_ids, model_kwargs.get("attention_mask"), model_kwargs.get("position_ids")
     )
