@@ -75,7 +75,7 @@ def measure_verify_ms(
     Median latency in ms of one target forward over a chain-shaped tree of N nodes after a `prefix_length` prefix,
     for each N in `sizes`; cached per device, target config and dtype.
     """
-    from .target import tree_attention_mask
+    from .target import cache_argument, tree_attention_mask
 
     path = _cache_path(model)
     if use_cache and path.is_file():
@@ -86,7 +86,7 @@ def measure_verify_ms(
     vocab = model.config.get_text_config().vocab_size
     prefix = torch.randint(0, vocab, (1, prefix_length), generator=torch.Generator().manual_seed(0)).to(device)
     cache = DynamicCache(config=model.config)
-    model(prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    model(prefix, **cache_argument(model, cache), use_cache=True, logits_to_keep=1)
     cache.activate_past_recording()
     result = {}
     for size in sizes:
@@ -101,7 +101,7 @@ def measure_verify_ms(
                 tokens,
                 attention_mask=mask,
                 position_ids=(prefix_length + depths)[None],
-                past_key_values=cache,
+                **cache_argument(model, cache),
                 use_cache=True,
             )
             if device.type == "cuda":

@@ -16,7 +16,7 @@ from .drafting import CandidateTreeGenerator
 from .modeling_eagle3 import Eagle3Drafter
 from .modeling_specblock import SpecBlockDrafter
 from .stats import GenerationStats
-from .target import FeatureTap, check_target, tree_attention_mask
+from .target import FeatureTap, cache_argument, check_target, tree_attention_mask
 from .tree import DraftTree
 from .verification import accept
 
@@ -112,7 +112,7 @@ def speculative_decode(
         with stats.timed("prefill", device):
             logits = model(
                 input_ids=input_ids, attention_mask=model_kwargs.get("attention_mask"), position_ids=position_ids,
-                past_key_values=cache, use_cache=True, logits_to_keep=1,
+                **cache_argument(model, cache), use_cache=True, logits_to_keep=1,
             ).logits[0]  # fmt: skip
             result = walk(DraftTree.root(input_ids[0, -1:]), logits, input_ids)
             cache.activate_past_recording()
@@ -137,7 +137,7 @@ def speculative_decode(
                 mask = tree_attention_mask(model, cache, tree.ancestor_mask, tree.depths, prefix_mask)
                 logits = model(
                     input_ids=tree.tokens[None], attention_mask=mask, position_ids=(root_position + tree.depths)[None],
-                    past_key_values=cache, use_cache=True,
+                    **cache_argument(model, cache), use_cache=True,
                 ).logits[0]  # fmt: skip
             result = walk(tree, logits, input_ids)
             commit_target_cache(cache, result.path, tree.num_nodes)

@@ -1,5 +1,6 @@
 """The target side of a round: feature taps on three decoder layers and the 4D tree-verification mask."""
 
+import inspect
 from contextlib import contextmanager
 
 import torch
@@ -23,6 +24,12 @@ def check_target(model: PreTrainedModel, batch_size: int) -> None:
         )
     if model.config.is_encoder_decoder:
         raise ValueError("SpecBlock decoding supports decoder-only targets.")
+
+
+def cache_argument(model: PreTrainedModel, cache: Cache) -> dict[str, Cache]:
+    """The cache as a keyword of `model.forward`: `cache` from transformers 5.25 on, `past_key_values` before."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
 
 
 class FeatureTap:

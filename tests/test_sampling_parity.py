@@ -15,7 +15,7 @@ from conftest import VOCAB, make_target
 from scipy.stats import chisquare
 from transformers import DynamicCache, LogitsProcessorList, StoppingCriteriaList, TopPLogitsWarper
 
-from specblock_hf.target import tree_attention_mask
+from specblock_hf.target import cache_argument, tree_attention_mask
 from specblock_hf.tree import build_tree
 from specblock_hf.verification import accept
 
@@ -54,11 +54,11 @@ def _verified_tree(target, prefix):
         scores = -torch.arange(13, dtype=torch.float) / 100  # any order consistent with depth
         tree = build_tree(tokens, parents, scores, depths, budget=24)
         cache = DynamicCache(config=target.config)
-        target(prefix[:, :-1], past_key_values=cache, use_cache=True)
+        target(prefix[:, :-1], **cache_argument(target, cache), use_cache=True)
         mask = tree_attention_mask(target, cache, tree.ancestor_mask, tree.depths, None)
         positions = prefix.shape[1] - 1 + tree.depths
         logits = target(
-            tree.tokens[None], attention_mask=mask, position_ids=positions[None], past_key_values=cache
+            tree.tokens[None], attention_mask=mask, position_ids=positions[None], **cache_argument(target, cache)
         ).logits[0]
     return tree, logits
 
