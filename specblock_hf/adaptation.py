@@ -10,19 +10,21 @@ in bf16 autocast, on an additive fp32 delta to the head, `lm_head.weight = prist
 bounded buffer of recent rows (the newest included). The pristine weights stay apart, so the adaptation can be reset,
 saved, loaded or switched off. Outputs stay lossless: only the drafts change.
 
-The bandit judges the head test-then-train (prequentially): rows that arrive after an update were never trained on,
-so scoring them with the adapted and the pristine head (one forward each over a few dozen rows, paired on the same
-rows) measures what adaptation really achieved: G, the chain-acceptance gain of the delta, scaled to the observed tau.
-One update's gain is then estimated as G per update made so far, shrunk towards the optimistic `prior_gain` while
-few were made (a single update's effect is far too small to measure on its own). Between rounds the bandit weighs
-"skip" (no cost) against "update", and updates when
+The bandit measures what adaptation really buys on the objective itself, the acceptance of the real tree (rank head
+and all): now and then (every `explore_every` checks while the verdict is uncertain, four times rarer once it is
+clear) it drafts one check window with the pristine head, so the rounds of the two heads interleave over the same
+stream and G = mean accepted (adapted) - mean accepted (pristine) is an A/B estimate of the delta's tau gain. One
+update's gain is estimated as G per update made so far, shrunk towards the optimistic `prior_gain` while few were
+made (a single update's effect is far too small to measure on its own). Between rounds the bandit weighs "skip" (no
+cost) against "update", and updates when
     remaining_tokens * round_seconds * (1 / tau - 1 / (tau + gain)) > update_seconds,
 with tau and round_seconds observed, update_seconds measured, and remaining_tokens the rest of the call plus the
 larger of `horizon_tokens` and the tokens served so far (a stream that has lasted N tokens is expected to last about
 N more). So updates stop when adaptation does not pay (no gain over the pristine head, a short stream, or a head at
-`ceiling_accuracy`), and the estimate drifts back towards the prior as untrained rows accumulate. Recovery: an update
-that turns clearly more fresh rows wrong than right (a sign test at `rollback_z`) is undone at the next check, and
-the whole delta is dropped when the pristine head does clearly better on the recent fresh rows.
+`ceiling_accuracy` on fresh rows), and the estimate drifts back towards the prior as untrained rows accumulate.
+Recovery: an update that turns clearly more fresh rows (rows that arrived after it, never trained on) wrong than right
+is undone at the next check (a sign test at `rollback_z`), and the whole delta is dropped — and the prior halved —
+when the pristine head's rounds accept clearly more (G below -`rollback_z` standard errors).
 """
 
 import math
@@ -39,6 +41,8 @@ SLOT_DECAY = 0.8  # row weight 0.8^k of slot k, as in training
 ACCURACY_MEMORY = 0.95  # per check, the weight of the past in the running fresh-row accuracy and the pristine test
 RECENT_ROUNDS = 32  # rounds over which the observed tau is averaged
 PRIOR_UPDATES = 4  # the prior gain counts as this many updates' worth of evidence
+AB_ROUNDS = 2048  # newest rounds per head kept for the A/B estimate
+MIN_AB_ROUNDS = 32  # pristine rounds needed before G is trusted
 
 
 @dataclass
@@ -55,8 +59,10 @@ class AdaptationConfig:
         prior_gain: tau increase assumed for an update before any was measured; the estimate drifts back to it as
             `buffer_rows` untrained rows accumulate.
         ceiling_accuracy: no update while the head predicts this share of the fresh rows' first slot.
-        rollback_z: an update (or the whole delta, against the pristine head) is undone when, on fresh rows, it
-            turned `rollback_z` standard deviations more predictions wrong than right.
+        rollback_z: an update is undone when, on fresh rows, it turned `rollback_z` standard deviations more
+            predictions wrong than right; the whole delta when its A/B gain is below -`rollback_z` standard errors.
+        explore_every: checks between two pristine-head windows while the A/B verdict is uncertain (4x that once
+            |G| exceeds 3 standard errors).
     """
 
     mode: str = "bandit"
@@ -71,12 +77,16 @@ class AdaptationConfig:
     prior_gain: float = 0.02
     ceiling_accuracy: float = 0.95
     rollback_z: float = 2.0
+    explore_every: int = 6
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"adaptation mode must be one of {MODES}, got {self.mode!r}.")
-        if min(self.buffer_rows, self.steps, self.batch_rows, self.check_every, self.min_new_rows) < 1:
-            raise ValueError("buffer_rows, steps, batch_rows, check_every and min_new_rows must be >= 1.")
+        sizes = (self.buffer_rows, self.steps, self.batch_rows, self.check_every, self.min_new_rows, self.explore_every)
+        if min(sizes) < 1:
+            raise ValueError(
+                f"buffer_rows, steps, batch_rows, check_every, min_new_rows and explore_every must be >= 1; got {sizes}."
+            )
         if self.rollback_z <= 0:
             raise ValueError(f"rollback_z must be > 0, got {self.rollback_z}.")
 
@@ -91,7 +101,8 @@ class AdaptationStats:
             counts decisions not to update, by reason.
         update_time / collect_time: seconds spent deciding and updating, and gathering rows (inside `generate()`).
         rows: labelled rows gathered; tau_before_first_update / tau_since_first_update: observed acceptance.
-        gain_over_pristine: the latest measured tau gain of the adapted head over the pristine one (fresh rows).
+        gain_over_pristine: the latest A/B tau gain of the adapted head over the pristine one (None until measured);
+            exploration_rounds: rounds drafted with the pristine head to measure it.
     """
 
     updates: int = 0
@@ -104,6 +115,7 @@ class AdaptationStats:
     rounds_before_first_update: list[int] = field(default_factory=list, repr=False)
     rounds_since_first_update: list[int] = field(default_factory=list, repr=False)
     gain_over_pristine: float | None = None
+    exploration_rounds: int = 0
 
     @property
     def tau_before_first_update(self) -> float | None:
@@ -121,7 +133,7 @@ class AdaptationStats:
             "update_time_s": round(self.update_time, 3), "collect_time_s": round(self.collect_time, 4),
             "rows": self.rows, "tau_before_first_update": self.tau_before_first_update,
             "tau_since_first_update": self.tau_since_first_update,
-            "gain_over_pristine": self.gain_over_pristine,
+            "gain_over_pristine": self.gain_over_pristine, "exploration_rounds": self.exploration_rounds,
         }  # fmt: skip
 
 
@@ -163,9 +175,12 @@ class OnlineAdaptation:
         self.cost_estimate: float | None = None
         self.served = self.updates_since_reset = 0  # tokens generated and updates kept since construction / reset
         slots, device = getattr(self.drafter, "block_size", 1), self.states.device
-        # decayed fresh-row counts per slot k: rows, hits of the current head, hits of the pristine head
-        self.fresh_rows, self.fresh_hits, self.pristine_hits = torch.zeros(3, slots, device=device)
-        self.versus_pristine = torch.zeros(2, device=device)  # decayed fresh rows only the current / pristine got right
+        self.fresh_rows, self.fresh_hits = torch.zeros(2, slots, device=device)  # decayed fresh rows / hits per slot
+        self.prior_gain = self.config.prior_gain  # halved at each return to the pristine head
+        self.window: list[int] = []  # accepted per round since the last check
+        self.exploring = False  # whether the current window drafts with the pristine head
+        self.checks_since_exploring = 0
+        self.ab_rounds = {"adapted": deque(maxlen=AB_ROUNDS), "pristine": deque(maxlen=AB_ROUNDS)}
         self.pending: dict | None = None  # the last update until fresh rows judge it
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
@@ -246,6 +261,7 @@ class OnlineAdaptation:
         self._call["generated"] += emitted
         self.served += emitted
         self.recent_rounds.append(accepted)
+        self.window.append(accepted)
         first_update_done = self.stats.updates + self.stats.rollbacks > 0
         (self.stats.rounds_since_first_update if first_update_done else self.stats.rounds_before_first_update).append(
             accepted
@@ -258,8 +274,12 @@ class OnlineAdaptation:
         self._call["round_started"] = time.perf_counter()
 
     def end(self, sequence: torch.LongTensor) -> int:
-        """End of a call: buffer what is known of the pending rows; returns the updates kept during the call."""
+        """
+        End of a call: buffer what is known of the pending rows and close the window (the drafter leaves with the
+        adapted head); returns the updates kept during the call.
+        """
         self._label(sequence, final=True)
+        self._close_window()
         return self.stats.updates - self._call["updates_before"]
 
     # ----- judging and deciding --------------------------------------------------------------------------------
@@ -271,8 +291,14 @@ class OnlineAdaptation:
             if self.rows_since_update >= self.config.min_new_rows:
                 self._update()
             return
+        self._close_window()
         if fresh.numel():
             self._judge(fresh)
+        self._weigh()
+        self._maybe_explore()
+
+    def _weigh(self) -> None:
+        """The bandit's choice between "skip" and "update"."""
         if self.rows_since_update < self.config.min_new_rows:
             return self._skip("too few new rows")
         if self.pending is not None:
@@ -293,34 +319,65 @@ class OnlineAdaptation:
     @torch.no_grad()
     def _judge(self, fresh: torch.LongTensor) -> None:
         """
-        Score the fresh rows with the current and the pristine head: running accuracies per slot, and the sign tests
-        that undo the last update (against the head before it) or the whole delta (against the pristine head).
+        Score the fresh rows with the current head (running accuracy per slot, for the ceiling) and, when an update
+        awaits judgment, with the head before it: undo the update if it made clearly more predictions wrong than right.
         """
         slots = self.slots[fresh]
         current = self._correct(fresh, self.drafter.lm_head.weight)  # (n,) bool
-        pristine = self._correct(fresh, self.pristine_head) if self.delta_active else current
-        memory, size = ACCURACY_MEMORY, self.fresh_rows.shape[0]
-        self.fresh_rows = memory * self.fresh_rows + torch.bincount(slots, minlength=size)
-        self.fresh_hits = memory * self.fresh_hits + torch.bincount(slots, current.float(), size)
-        self.pristine_hits = memory * self.pristine_hits + torch.bincount(slots, pristine.float(), size)
-        flips = torch.stack([(current & ~pristine).sum(), (pristine & ~current).sum()]).float()
-        self.versus_pristine = memory * self.versus_pristine + flips
-        self.stats.gain_over_pristine = self._gain_over_pristine()
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            before = self._correct(fresh, pending["head"])
-            if self._clearly_worse(wins=int((current & ~before).sum()), losses=int((before & ~current).sum())):
-                self._restore(pending["delta"])
-                self.stats.rollbacks += 1
-                self.stats.updates -= 1
-                self.updates_since_reset -= 1
-                return
-        if self._clearly_worse(*self.versus_pristine.tolist()):
+        size = self.fresh_rows.shape[0]
+        self.fresh_rows = ACCURACY_MEMORY * self.fresh_rows + torch.bincount(slots, minlength=size)
+        self.fresh_hits = ACCURACY_MEMORY * self.fresh_hits + torch.bincount(slots, current.float(), size)
+        if self.pending is None:
+            return
+        pending, self.pending = self.pending, None
+        before = self._correct(fresh, pending["head"])
+        if self._clearly_worse(wins=int((current & ~before).sum()), losses=int((before & ~current).sum())):
+            self._restore(pending["delta"])
+            self.stats.rollbacks += 1
+            self.stats.updates -= 1
+            self.updates_since_reset -= 1
+
+    def _close_window(self) -> None:
+        """File the window's rounds under the head that drafted them; end a pristine window; test the delta."""
+        if self.delta_active:
+            self.ab_rounds["pristine" if self.exploring else "adapted"].extend(self.window)
+        if self.exploring:
+            self.stats.exploration_rounds += len(self.window)
+            self.exploring = False
+            self._write_head()
+        self.window = []
+        gain, error = self._ab_gain()
+        self.stats.gain_over_pristine = gain
+        if gain is not None and gain < -self.config.rollback_z * error:
             self._restore(torch.zeros_like(self.delta))
-            self.versus_pristine.zero_()
-            self.pristine_hits.copy_(self.fresh_hits)  # the current head is the pristine one again
+            self.prior_gain /= 2
             self.updates_since_reset = 0
             self.stats.resets += 1
+
+    def _ab_gain(self) -> tuple[float | None, float]:
+        """G = mean accepted per round with the adapted head minus with the pristine head, and its standard error."""
+        adapted, pristine = self.ab_rounds["adapted"], self.ab_rounds["pristine"]
+        if len(pristine) < MIN_AB_ROUNDS or len(adapted) < MIN_AB_ROUNDS:
+            return None, math.inf
+        means, variances = [], []
+        for rounds in (adapted, pristine):
+            mean = sum(rounds) / len(rounds)
+            means.append(mean)
+            variances.append(sum((r - mean) ** 2 for r in rounds) / (len(rounds) - 1) / len(rounds))
+        return means[0] - means[1], math.sqrt(sum(variances))
+
+    def _maybe_explore(self) -> None:
+        """Draft the next window with the pristine head, often while the A/B verdict is uncertain, rarely after."""
+        if not self.delta_active:
+            return
+        self.checks_since_exploring += 1
+        gain, error = self._ab_gain()
+        clear = gain is not None and abs(gain) > 3 * error
+        if self.checks_since_exploring >= self.config.explore_every * (4 if clear else 1):
+            self.checks_since_exploring = 0
+            self.exploring = True
+            with torch.no_grad():
+                self.drafter.lm_head.weight.copy_(self.pristine_head)
 
     def _correct(self, rows: torch.LongTensor, head: torch.Tensor) -> torch.BoolTensor:
         """Whether `head` (Vd, H) predicts each row's label, computed in the head's dtype as drafting does."""
@@ -330,43 +387,26 @@ class OnlineAdaptation:
         """Sign test: more losses than wins by `rollback_z` standard deviations (sqrt of the flips)."""
         return losses > wins and losses - wins > self.config.rollback_z * math.sqrt(wins + losses)
 
-    def _gain_over_pristine(self) -> float:
-        """G: chain tau of the current head minus the pristine head's on the recent fresh rows, scaled to the tree."""
-        present = int((self.fresh_rows > 0).cumprod(0).sum())
-        rows = self.fresh_rows[:present]
-        current = self._chain_tau((self.fresh_hits[:present] / rows).tolist())
-        return (current - self._chain_tau((self.pristine_hits[:present] / rows).tolist())) * self._tau_scale()
-
     def _fresh_accuracy(self) -> list[float]:
         """Running fresh-row accuracy per slot k = 0, 1, ... (slots without rows end the list)."""
         present = int((self.fresh_rows > 0).cumprod(0).sum())
         return (self.fresh_hits[:present] / self.fresh_rows[:present]).tolist()
 
-    @staticmethod
-    def _chain_tau(accuracy: list[float]) -> float:
-        """1 + sum_k prod_{j <= k} accuracy_j: the acceptance length of a single greedy chain."""
-        tau, alive = 1.0, 1.0
-        for value in accuracy:
-            alive *= value
-            tau += alive
-        return tau
-
-    def _tau_scale(self) -> float:
-        """Observed accepted tokens per round over the chain estimate: maps a chain gain onto the real tree."""
-        chain = self._chain_tau(self._fresh_accuracy()) - 1
-        observed = sum(self.recent_rounds) / max(1, len(self.recent_rounds))
-        return min(4.0, max(0.25, observed / chain)) if chain > 0 else 1.0
-
     def _expected_savings(self) -> float:
         """
-        Seconds one more update would save: its estimated tau gain (G per update so far, shrunk towards the prior
-        while few were made; drifting back to the prior as untrained rows accumulate) over the remaining tokens.
+        Seconds one more update would save: its estimated tau gain (the A/B gain G per update so far, shrunk towards
+        the prior while few were made; drifting back to the prior as untrained rows accumulate) over the remaining
+        tokens.
         """
-        made = self.updates_since_reset
-        measured = max(0.0, self.stats.gain_over_pristine or 0.0)
-        gain = (PRIOR_UPDATES * self.config.prior_gain + measured) / (PRIOR_UPDATES + made)
+        made, measured = self.updates_since_reset, self.stats.gain_over_pristine
+        if measured is None:  # not measured yet: the prior per update
+            gain = self.prior_gain
+        else:
+            gain = (PRIOR_UPDATES * self.prior_gain + measured) / (PRIOR_UPDATES + made)
         staleness = min(1.0, self.rows_since_update / self.config.buffer_rows)
-        gain += max(0.0, self.config.prior_gain - gain) * staleness
+        gain += max(0.0, self.prior_gain - gain) * staleness
+        if gain <= 0:
+            return 0.0
         tau = 1 + sum(self.recent_rounds) / max(1, len(self.recent_rounds))
         remaining = max(0, self._call["max_new_tokens"] - self._call["generated"])
         remaining += max(self.config.horizon_tokens, self.served)

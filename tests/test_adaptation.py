@@ -12,8 +12,8 @@ from specblock_hf import AdaptationConfig, OnlineAdaptation
 EAGER = AdaptationConfig(mode="always", check_every=1, min_new_rows=1, steps=4, learning_rate=0.5, weight_decay=0.0)
 EAGER_BANDIT = AdaptationConfig(
     mode="bandit", check_every=1, min_new_rows=1, steps=4, learning_rate=0.5, weight_decay=0.0, prior_gain=10.0,
-    horizon_tokens=10**9, rollback_z=0.5,
-)  # fmt: skip
+    horizon_tokens=10**9, rollback_z=0.5, explore_every=1,
+)  # fmt: skip  # also rolls back, resets and swaps in the pristine head for whole windows
 
 
 def _states(n, K, hidden=64, seed=0):
@@ -94,11 +94,9 @@ def test_bandit_updates_only_when_the_gain_pays_for_the_cost():
     assert adaptation.stats.updates == 1 and not torch.equal(drafter.lm_head.weight, pristine)
     assert adaptation.cost_estimate > 0 and adaptation.pending is not None
 
-    adaptation.recent_rounds.extend([2] * 32)  # drafts now accepted: tau is measured
     _fill(adaptation, _argmax_of(other_head), rows=300, seed=4)  # fresh rows, never trained on, judge the update
     adaptation._check()
-    assert adaptation.stats.gain_over_pristine > 0 and adaptation.stats.rollbacks == 0
-    assert adaptation.stats.updates == 2  # the gain paid: the next update followed
+    assert adaptation.stats.rollbacks == 0 and adaptation.stats.updates == 2  # kept; the next update followed
 
 
 def test_an_update_that_hurts_the_fresh_rows_is_rolled_back():
@@ -117,15 +115,51 @@ def test_an_update_that_hurts_the_fresh_rows_is_rolled_back():
     assert torch.equal(drafter.lm_head.weight, pristine) and not adaptation.delta.any()
 
 
-def test_a_delta_worse_than_the_pristine_head_is_dropped():
+def _rounds(mean_accepted, n=64):
+    """`n` rounds with this mean accepted length (alternating around it)."""
+    return [mean_accepted + (0.5 if i % 2 else -0.5) for i in range(n)]
+
+
+def test_pristine_windows_interleave_and_measure_the_gain():
+    drafter = make_specblock(make_target("llama"))
+    pristine = drafter.lm_head.weight.detach().clone()
+    config = AdaptationConfig(min_new_rows=10**6, explore_every=2, check_every=4)
+    adaptation = OnlineAdaptation(drafter, config)
+    adaptation._restore(torch.randn(adaptation.delta.shape, generator=torch.Generator().manual_seed(5)))
+    adapted = drafter.lm_head.weight.detach().clone()
+    adaptation.begin(prompt_length=4, max_new_tokens=10**6)
+    sequence = torch.arange(8)
+    heads = []
+    for _ in range(4 * 8):
+        heads.append("pristine" if torch.equal(drafter.lm_head.weight, pristine) else "adapted")
+        adaptation.after_round(sequence, accepted=1 if heads[-1] == "adapted" else 0, emitted=1)
+    windows = [heads[i] for i in range(0, 32, 4)]  # a window = the 4 rounds between two checks
+    assert windows == ["adapted"] * 2 + ["pristine", "adapted"] * 3  # one window in every `explore_every`
+    assert all(heads[i : i + 4] == [heads[i]] * 4 for i in range(0, 32, 4))
+    assert adaptation.stats.exploration_rounds == 12 and list(adaptation.ab_rounds["pristine"]) == [0] * 12
+    adaptation.end(sequence)
+    assert torch.equal(drafter.lm_head.weight, adapted)
+    for rounds in adaptation.ab_rounds.values():
+        rounds.clear()
+    adaptation.ab_rounds["adapted"].extend(_rounds(1.5))
+    adaptation.ab_rounds["pristine"].extend(_rounds(1.0))
+    adaptation._close_window()
+    assert adaptation.stats.gain_over_pristine == pytest.approx(0.5, abs=0.02) and adaptation.stats.resets == 0
+
+
+def test_a_delta_that_accepts_less_than_the_pristine_head_is_dropped():
     drafter = make_specblock(make_target("llama"))
     pristine = drafter.lm_head.weight.detach().clone()
     adaptation = OnlineAdaptation(drafter, AdaptationConfig(min_new_rows=10**6))
     adaptation._restore(torch.randn(adaptation.delta.shape, generator=torch.Generator().manual_seed(5)))
-    _ready(adaptation)
-    _fill(adaptation, _argmax_of(pristine), rows=100)  # the pristine head is right on every fresh row
-    adaptation._check()
+    adaptation.ab_rounds["adapted"].extend(_rounds(0.9))
+    adaptation.ab_rounds["pristine"].extend(_rounds(1.0))
+    adaptation._close_window()
+    assert adaptation.stats.resets == 0  # 0.1 fewer accepted per round: 1.1 standard errors, not clear
+    adaptation.ab_rounds["adapted"].extend(_rounds(0.5))
+    adaptation._close_window()
     assert adaptation.stats.resets == 1 and torch.equal(drafter.lm_head.weight, pristine)
+    assert adaptation.prior_gain == AdaptationConfig().prior_gain / 2 and not adaptation.delta_active
 
 
 def test_always_updates_at_every_check_without_judging():
@@ -183,7 +217,10 @@ def test_greedy_output_is_unchanged_while_the_drafter_adapts(family, config):
         stats = drafter.adaptation.stats
         assert stats.updates + stats.rollbacks >= 10 and stats.rows > 50, stats
         assert drafter.generation_stats.adapt_time > 0
-        assert not torch.equal(drafter.lm_head.weight, pristine)  # the drafts really came from a changing head
+        if config.mode == "always":
+            assert not torch.equal(drafter.lm_head.weight, pristine)  # the drafts really came from a changing head
+        else:
+            assert stats.exploration_rounds > 0
 
 
 def test_adaptation_keyword_needs_one_of_our_drafters():
