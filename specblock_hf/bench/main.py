@@ -31,7 +31,7 @@ def run_bench(args, dtype: torch.dtype) -> dict:
     budget_specs = (args.budget or "").split(",") if args.budget else [None]
     adapt_modes = args.adapt.split(",") if args.adapt else ["off"]
     calibration = [_ids(tokenizer, p.text, target.device) for p in prompts[:: max(1, len(prompts) // 4)][:4]]
-    notes = []
+    notes, adapted = [], {}
     for item in args.drafter:
         name, path = item.split("=", 1)
         drafter = load_drafter(path, target=target)
@@ -44,7 +44,10 @@ def run_bench(args, dtype: torch.dtype) -> dict:
                 label = f"{name}[{','.join(tags)}]" if tags else name
                 methods[label] = drafter_method(copy, config, adaptation=False if mode == "off" else mode)
                 notes.append(f"{label}: {config}{note}")
+                if mode != "off":
+                    adapted[label] = copy
     records = run(target, tokenizer, prompts, methods, args.max_new_tokens, do_sample=args.sample)
+    notes += [f"{label} adaptation after the stream: {d.adaptation.stats.summary()}" for label, d in adapted.items()]
     summary = summarize(records)
     header = (
         f"target {args.target or 'SmolLM2-135M-Instruct'} ({dtype}, {target.device}; {platform.machine()}, "
