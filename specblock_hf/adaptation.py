@@ -347,11 +347,15 @@ class OnlineAdaptation:
             self._write_head()
         self.window = []
         gain, error = self._ab_gain()
+        if gain is None:
+            return  # the last verdict (if any) holds until new evidence
         self.stats.gain_over_pristine = gain
-        if gain is not None and gain < -self.config.rollback_z * error:
+        if gain < -self.config.rollback_z * error:
             self._restore(torch.zeros_like(self.delta))
             self.prior_gain /= 2
             self.updates_since_reset = 0
+            for rounds in self.ab_rounds.values():
+                rounds.clear()  # that evidence was about the dropped delta
             self.stats.resets += 1
 
     def _ab_gain(self) -> tuple[float | None, float]:

@@ -160,6 +160,8 @@ def test_a_delta_that_accepts_less_than_the_pristine_head_is_dropped():
     adaptation._close_window()
     assert adaptation.stats.resets == 1 and torch.equal(drafter.lm_head.weight, pristine)
     assert adaptation.prior_gain == AdaptationConfig().prior_gain / 2 and not adaptation.delta_active
+    assert not adaptation.ab_rounds["adapted"] and adaptation.stats.gain_over_pristine < 0  # the verdict holds
+    assert adaptation._expected_savings() == 0.0  # ... so no update until untrained rows make it stale
 
 
 def test_always_updates_at_every_check_without_judging():
