@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 MODES = ("bandit", "always")
 SLOT_DECAY = 0.8  # row weight 0.8^k of slot k, as in training
-ACCURACY_MEMORY = 0.95  # per check, the weight of the past in the running fresh-row accuracy and the pristine test
+ACCURACY_MEMORY = 0.95  # per check, the weight of the past in the running fresh-row accuracy (for the ceiling)
 RECENT_ROUNDS = 32  # rounds over which the observed tau is averaged
 PRIOR_UPDATES = 4  # the prior gain counts as this many updates' worth of evidence
 AB_ROUNDS = 2048  # newest rounds per head kept for the A/B estimate
