@@ -28,6 +28,7 @@ when the pristine head's rounds accept clearly more (G below -`rollback_z` stand
 """
 
 import math
+import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -151,10 +152,9 @@ class OnlineAdaptation:
         head = drafter.lm_head.weight
         device, (vocab, hidden) = head.device, head.shape
         self.pristine = head.detach().float().clone()  # (Vd, H) fp32; never modified (bf16 -> fp32 is exact)
-        self.pristine_head = head.detach().clone()  # (Vd, H) in the drafter's dtype, to score fresh rows
-        self.head_dtype = head.dtype
+        self.pristine_head = head.detach().clone()  # (Vd, H) in the drafter's dtype, as drafting uses it
         self.delta = torch.zeros(vocab, hidden, device=device, requires_grad=True)  # fp32
-        self.delta_active = False  # whether the delta is non-zero (the pristine head needs no scoring otherwise)
+        self.delta_active = False  # whether the delta is non-zero (no A/B rounds or pristine windows otherwise)
         self.optimizer = self._new_optimizer()
         self.draft_id = torch.full((drafter.t2d.shape[0],), -1, dtype=torch.long, device=device)  # target -> draft id
         self.draft_id[drafter.draft_to_target(torch.arange(vocab, device=device))] = torch.arange(vocab, device=device)
@@ -181,6 +181,7 @@ class OnlineAdaptation:
         self.exploring = False  # whether the current window drafts with the pristine head
         self.checks_since_exploring = 0
         self.ab_rounds = {"adapted": deque(maxlen=AB_ROUNDS), "pristine": deque(maxlen=AB_ROUNDS)}
+        self.verdict: tuple[float | None, float] = (None, math.inf)  # (G, its standard error) at the last check
         self.pending: dict | None = None  # the last update until fresh rows judge it
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
@@ -286,12 +287,12 @@ class OnlineAdaptation:
 
     def _check(self) -> None:
         """One decision point: "always" updates given enough new rows; the bandit first judges, then weighs."""
-        fresh = self._take_fresh()
         if self.config.mode == "always":
             if self.rows_since_update >= self.config.min_new_rows:
                 self._update()
             return
         self._close_window()
+        fresh = self._take_fresh()
         if fresh.numel():
             self._judge(fresh)
         self._weigh()
@@ -346,7 +347,7 @@ class OnlineAdaptation:
             self.exploring = False
             self._write_head()
         self.window = []
-        gain, error = self._ab_gain()
+        self.verdict = gain, error = self._ab_gain()
         if gain is None:
             return  # the last verdict (if any) holds until new evidence
         self.stats.gain_over_pristine = gain
@@ -356,6 +357,7 @@ class OnlineAdaptation:
             self.updates_since_reset = 0
             for rounds in self.ab_rounds.values():
                 rounds.clear()  # that evidence was about the dropped delta
+            self.verdict = (None, math.inf)
             self.stats.resets += 1
 
     def _ab_gain(self) -> tuple[float | None, float]:
@@ -363,19 +365,15 @@ class OnlineAdaptation:
         adapted, pristine = self.ab_rounds["adapted"], self.ab_rounds["pristine"]
         if len(pristine) < MIN_AB_ROUNDS or len(adapted) < MIN_AB_ROUNDS:
             return None, math.inf
-        means, variances = [], []
-        for rounds in (adapted, pristine):
-            mean = sum(rounds) / len(rounds)
-            means.append(mean)
-            variances.append(sum((r - mean) ** 2 for r in rounds) / (len(rounds) - 1) / len(rounds))
-        return means[0] - means[1], math.sqrt(sum(variances))
+        error = math.sqrt(sum(statistics.variance(rounds) / len(rounds) for rounds in (adapted, pristine)))
+        return statistics.fmean(adapted) - statistics.fmean(pristine), error
 
     def _maybe_explore(self) -> None:
         """Draft the next window with the pristine head, often while the A/B verdict is uncertain, rarely after."""
         if not self.delta_active:
             return
         self.checks_since_exploring += 1
-        gain, error = self._ab_gain()
+        gain, error = self.verdict
         clear = gain is not None and abs(gain) > 3 * error
         if self.checks_since_exploring >= self.config.explore_every * (4 if clear else 1):
             self.checks_since_exploring = 0
@@ -462,7 +460,7 @@ class OnlineAdaptation:
 
     @torch.no_grad()
     def _write_head(self) -> None:
-        self.drafter.lm_head.weight.copy_(self._head().to(self.head_dtype))
+        self.drafter.lm_head.weight.copy_(self._head().to(self.pristine_head.dtype))
 
     @torch.no_grad()
     def _restore(self, delta: torch.Tensor) -> None:
@@ -481,7 +479,7 @@ class OnlineAdaptation:
     @torch.no_grad()
     def detach(self) -> None:
         """Put the pristine head back in the drafter and stop adapting it (`drafter.adaptation` is cleared)."""
-        self.drafter.lm_head.weight.copy_(self.pristine.to(self.head_dtype))
+        self.drafter.lm_head.weight.copy_(self.pristine_head)
         if getattr(self.drafter, "adaptation", None) is self:
             self.drafter.adaptation = None
 

@@ -86,7 +86,8 @@ def measure_verify_ms(
     vocab = model.config.get_text_config().vocab_size
     prefix = torch.randint(0, vocab, (1, prefix_length), generator=torch.Generator().manual_seed(0)).to(device)
     cache = DynamicCache(config=model.config)
-    model(prefix, **cache_argument(model, cache), use_cache=True, logits_to_keep=1)
+    cache_kwargs = cache_argument(model, cache)
+    model(prefix, **cache_kwargs, use_cache=True, logits_to_keep=1)
     cache.activate_past_recording()
     result = {}
     for size in sizes:
@@ -101,7 +102,7 @@ def measure_verify_ms(
                 tokens,
                 attention_mask=mask,
                 position_ids=(prefix_length + depths)[None],
-                **cache_argument(model, cache),
+                **cache_kwargs,
                 use_cache=True,
             )
             if device.type == "cuda":

@@ -99,6 +99,7 @@ def speculative_decode(
         adaptation.begin(prompt_length=input_ids.shape[1], max_new_tokens=max_new)
     # transformers >= 5.25 names the cache `cache` in model_kwargs; earlier releases `past_key_values`
     cache = _fresh_cache(model, model_kwargs.get("cache", model_kwargs.get("past_key_values")))
+    cache_kwargs = cache_argument(model, cache)  # {"cache" or "past_key_values": cache}, once per call
     prefix_mask, position_ids = _prompt_layout(
         input_ids, model_kwargs.get("attention_mask"), model_kwargs.get("position_ids")
     )
@@ -112,7 +113,7 @@ def speculative_decode(
         with stats.timed("prefill", device):
             logits = model(
                 input_ids=input_ids, attention_mask=model_kwargs.get("attention_mask"), position_ids=position_ids,
-                **cache_argument(model, cache), use_cache=True, logits_to_keep=1,
+                **cache_kwargs, use_cache=True, logits_to_keep=1,
             ).logits[0]  # fmt: skip
             result = walk(DraftTree.root(input_ids[0, -1:]), logits, input_ids)
             cache.activate_past_recording()
@@ -137,7 +138,7 @@ def speculative_decode(
                 mask = tree_attention_mask(model, cache, tree.ancestor_mask, tree.depths, prefix_mask)
                 logits = model(
                     input_ids=tree.tokens[None], attention_mask=mask, position_ids=(root_position + tree.depths)[None],
-                    **cache_argument(model, cache), use_cache=True,
+                    **cache_kwargs, use_cache=True,
                 ).logits[0]  # fmt: skip
             result = walk(tree, logits, input_ids)
             commit_target_cache(cache, result.path, tree.num_nodes)
